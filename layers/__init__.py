@@ -1,0 +1,1 @@
+"""A convolutional neural network in NumPy: reference loops and fast vectorized layers."""

@@ -1,0 +1,122 @@
+"""Window geometry and the im2col / col2im transforms behind the fast convolution.
+
+Shapes follow the rest of the package: images are NHWC ``(m, n_H, n_W, n_C)``.
+
+``im2col`` turns every ``f x f x n_C`` input window into one row of a matrix, so that a
+convolution becomes a single matrix product::
+
+    cols (m*n_H*n_W, f*f*n_C) @ W.reshape(f*f*n_C, filters) -> Z (m*n_H*n_W, filters)
+
+``col2im_add`` is its adjoint: it adds per-window gradients back onto the (padded) input.
+It loops over the ``f*f`` kernel offsets (as deep-learning-from-scratch does) and adds one
+strided slice per offset; each addition is a vectorized NumPy operation over the whole
+batch. With ``stride == 1`` every slice is contiguous along ``(n_W, n_C)``, which keeps
+those additions at memory speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def output_size(n_in: int, f: int, stride: int, pad_total: int) -> int:
+    """``floor((n_in + pad_total - f) / stride) + 1``: how many windows fit along one axis.
+
+    May be zero or negative: callers turn that into a clear error.
+    """
+    return (n_in + pad_total - f) // stride + 1
+
+
+def same_padding(n_in: int, f: int, stride: int) -> tuple[int, int]:
+    """Padding ``(before, after)`` that gives ``ceil(n_in / stride)`` outputs.
+
+    When the total is odd, the extra row/column goes after (bottom/right), the convention
+    of TensorFlow/Keras and of PyTorch's ``padding="same"``.
+    """
+    n_out = math.ceil(n_in / stride)
+    total = max((n_out - 1) * stride + f - n_in, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(pad: int | str, n_H: int, n_W: int, f: int, stride: int) -> Padding:
+    """Turn ``pad`` (an int, ``"same"`` or ``"valid"``) into ``(top, bottom, left, right)``."""
+    if pad == "valid":
+        return (0, 0, 0, 0)
+    if pad == "same":
+        return (*same_padding(n_H, f, stride), *same_padding(n_W, f, stride))
+    return (int(pad), int(pad), int(pad), int(pad))
+
+
+def pad_images(X: np.ndarray, padding: Padding) -> np.ndarray:
+    """Zero-pad height and width of ``X`` (m, n_H, n_W, n_C) by ``(top, bottom, left, right)``.
+
+    Returns a new array (m, n_H + top + bottom, n_W + left + right, n_C) of X's dtype;
+    returns X itself when there is no padding.
+    """
+    top, bottom, left, right = padding
+    if not any(padding):
+        return X
+    m, n_H, n_W, n_C = X.shape
+    out = np.zeros((m, n_H + top + bottom, n_W + left + right, n_C), dtype=X.dtype)
+    out[:, top : top + n_H, left : left + n_W, :] = X
+    return out
+
+
+def offset_slices(i: int, j: int, n_H: int, n_W: int, stride: int) -> tuple[slice, slice]:
+    """Height and width slices of the input seen by kernel offset ``(i, j)``.
+
+    For output position ``(h, w)`` the offset reads input ``(h*stride + i, w*stride + j)``,
+    so the slice for one offset covers all ``n_H x n_W`` output positions at once.
+    """
+    return (
+        slice(i, i + stride * (n_H - 1) + 1, stride),
+        slice(j, j + stride * (n_W - 1) + 1, stride),
+    )
+
+
+def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Gather every ``f x f`` window of ``A_pad`` into a row.
+
+    Args:
+        A_pad: padded input, (m, n_H_pad, n_W_pad, n_C).
+        f: window size; stride: step between windows.
+        out: optional buffer with at least ``m*n_H*n_W*f*f*n_C`` elements to write into.
+
+    Returns:
+        cols, (m*n_H*n_W, f*f*n_C), rows ordered like the output pixels (m, h, w) and
+        columns like ``W.reshape(f*f*n_C, -1)``: (i, j, c).
+    """
+    m, n_H_pad, n_W_pad, n_C = A_pad.shape
+    n_H = output_size(n_H_pad, f, stride, 0)
+    n_W = output_size(n_W_pad, f, stride, 0)
+    windows = np.lib.stride_tricks.sliding_window_view(A_pad, (f, f), axis=(1, 2))
+    windows = windows[:, ::stride, ::stride]  # (m, n_H, n_W, n_C, f, f), a view
+    windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (m, n_H, n_W, f, f, n_C), a view
+    size = m * n_H * n_W * f * f * n_C
+    cols = np.empty(size, A_pad.dtype) if out is None else out.reshape(-1)[:size]
+    np.copyto(cols.reshape(m, n_H, n_W, f, f, n_C), windows)  # the one copy
+    return cols.reshape(m * n_H * n_W, f * f * n_C)
+
+
+def col2im_add(
+    dA_pad: np.ndarray, dcols: np.ndarray, f: int, stride: int, n_H: int, n_W: int
+) -> None:
+    """Add per-window gradients onto the padded input gradient, in place.
+
+    Args:
+        dA_pad: (m, n_H_pad, n_W_pad, n_C), accumulated into.
+        dcols: (f*f, m*n_H*n_W, n_C): for each kernel offset (i, j) in row-major order,
+            the gradient with respect to the input value that offset read, per output
+            pixel. Laid out offset-major so each offset's block is contiguous.
+        f, stride: window size and step; n_H, n_W: output height and width.
+    """
+    m, _, _, n_C = dA_pad.shape
+    dcols = dcols.reshape(f, f, m, n_H, n_W, n_C)
+    for i in range(f):
+        for j in range(f):
+            rows, cols = offset_slices(i, j, n_H, n_W, stride)
+            dA_pad[:, rows, cols, :] += dcols[i, j]

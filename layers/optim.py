@@ -1,0 +1,204 @@
+"""Optimizers that update named parameters in place: SGD, Momentum and Adam.
+
+Every optimizer is called as ``opt.step(params, grads)`` with two dicts keyed by parameter
+name (``"conv1.W"``, ``"dense3.b"``...), e.g. ``net.params`` and ``net.grads``. The arrays
+in ``params`` are updated in place and keep their dtype (float32 stays float32). Per-
+parameter state (velocity, Adam moments) is kept inside the optimizer under the same names,
+so ``state_dict()`` / ``load_state_dict()`` can checkpoint and resume training exactly.
+
+L2 weight decay adds ``weight_decay * p`` to the gradient of every parameter with
+``ndim >= 2`` (weights: Dense ``W``, Conv2D ``W``), never to biases (``ndim == 1``).
+
+``lr`` is a plain attribute: a learning-rate scheduler may set it between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class: hyperparameter checks, weight decay, named state and checkpointing.
+
+    Subclasses list their per-parameter state in ``slots`` (e.g. ``("m", "v")``) and
+    implement ``update(name, p, g)``, which changes ``p`` in place.
+    """
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
+        self.lr = self._check("lr", lr, low=0.0, low_open=True)
+        self.weight_decay = self._check("weight_decay", weight_decay, low=0.0)
+        self.t = 0  # number of step() calls so far
+        self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
+
+    def _check(
+        self, key: str, value: float, low: float, low_open: bool = False, high: float | None = None
+    ) -> float:
+        """Return ``value`` as a float if ``low <(=) value (< high)``, else raise naming key."""
+        v = float(value)
+        ok = np.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v < high)
+        if not ok:
+            bounds = f"{'(' if low_open else '['}{low:g}, {'1)' if high is not None else 'inf)'}"
+            raise ValueError(f"{type(self).__name__}: {key} must be in {bounds}, got {value!r}")
+        return v
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters, as passed to the constructor."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- updating -----------------------------------------------------------------------
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        """Update every array in ``params`` in place from ``grads`` (same keys and shapes)."""
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise ValueError(f"{type(self).__name__}: no gradient for parameters {missing}")
+        for name, p in params.items():
+            if grads[name].shape != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: gradient of {name!r} has shape "
+                    f"{grads[name].shape}, parameter has {p.shape}"
+                )
+        self.t += 1
+        for name, p in params.items():
+            g = grads[name]
+            if self.weight_decay and p.ndim >= 2:  # L2 on weights only, not biases
+                g = g + self.weight_decay * p
+            self.update(name, p, g)
+
+    def slot(self, kind: str, name: str, p: np.ndarray) -> np.ndarray:
+        """The ``kind`` state array of parameter ``name`` (zeros like ``p`` at first)."""
+        s = self.state[kind].get(name)
+        if s is None or s.dtype != p.dtype:
+            s = np.zeros_like(p) if s is None else s.astype(p.dtype)
+            self.state[kind][name] = s
+        if s.shape != p.shape:
+            raise ValueError(
+                f"{type(self).__name__}: state {kind}.{name} has shape {s.shape}, "
+                f"parameter has {p.shape}"
+            )
+        return s
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        """Change ``p`` in place given its (weight-decayed) gradient ``g``, same shape."""
+        raise NotImplementedError
+
+    # -- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A flat copy of the state: ``"t"`` and ``"<slot>.<param name>"`` arrays."""
+        d = {"t": np.array(self.t, dtype=np.int64)}
+        for kind, arrays in self.state.items():
+            d.update({f"{kind}.{name}": a.copy() for name, a in arrays.items()})
+        return d
+
+    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """Restore the state saved by ``state_dict`` (arrays are copied)."""
+        bad = sorted(k for k in d if k != "t" and k.split(".", 1)[0] not in self.slots)
+        if "t" not in d or bad:
+            raise ValueError(
+                f"{type(self).__name__}: bad state dict (needs 't'; slots {list(self.slots)}); "
+                f"unexpected keys {bad}"
+            )
+        self.t = int(d["t"])
+        self.state = {s: {} for s in self.slots}
+        for key, a in d.items():
+            if key != "t":
+                kind, name = key.split(".", 1)
+                self.state[kind][name] = np.array(a, copy=True)
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: ``p -= lr * g``."""
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """Gradient descent with momentum, in the deeplearning.ai course form::
+
+        v = beta * v + (1 - beta) * g        (v starts at 0)
+        p -= lr * v
+
+    ``v`` is an exponential moving average of the gradients (not the sum ``beta * v + g``
+    used by PyTorch), so ``lr`` keeps the same scale as for SGD. It equals
+    ``torch.optim.SGD(momentum=beta, dampening=beta)`` once torch's buffer starts at zero.
+    """
+
+    slots = ("v",)
+
+    def __init__(self, lr: float, beta: float = 0.9, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.beta = self._check("beta", beta, low=0.0, high=1.0)
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "beta": self.beta, "weight_decay": self.weight_decay}
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        v = self.slot("v", name, p)
+        v *= self.beta
+        v += (1.0 - self.beta) * g
+        p -= self.lr * v
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction::
+
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
+
+    ``t`` counts the calls to ``step``. Weight decay is L2 added to the gradient (as in
+    ``torch.optim.Adam``), not decoupled AdamW.
+    """
+
+    slots = ("m", "v")
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(lr, weight_decay)
+        self.beta1 = self._check("beta1", beta1, low=0.0, high=1.0)
+        self.beta2 = self._check("beta2", beta2, low=0.0, high=1.0)
+        self.eps = self._check("eps", eps, low=0.0, low_open=True)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        m, v = self.slot("m", name, p), self.slot("v", name, p)
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        m_hat_scale = 1.0 / (1.0 - self.beta1**self.t)  # Python floats: no upcast
+        v_hat_scale = 1.0 / (1.0 - self.beta2**self.t)
+        p -= (self.lr * m_hat_scale) * m / (np.sqrt(v * v_hat_scale) + self.eps)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+
+
+def make_optimizer(name: str, **kwargs: Any) -> Optimizer:
+    """Build an optimizer by name (``"sgd"``, ``"momentum"`` or ``"adam"``)."""
+    cls = OPTIMIZERS.get(name.lower())
+    if cls is None:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return cls(**kwargs)

@@ -1,0 +1,167 @@
+"""The fast pooling layer, max or average, over NHWC images.
+
+Pooling is separable, so both modes reduce along the width and then along the height,
+each step one vectorized operation on a strided slice per window position: ``2*f`` steps
+in all, for every example, pixel and channel at once.
+
+Max pooling keeps, per output value, the index of the offset that won. Ties go to the
+FIRST maximum in row-major window order, so backward routes each gradient to exactly one
+input, as PyTorch and TensorFlow do. The reference ``create_mask_from_window`` instead
+gives the gradient to every tied maximum; the two agree whenever a window has a unique
+maximum (always, in practice, for real-valued activations).
+
+Average pooling spreads each gradient evenly over its window (``distribute_value``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from layers.base import Layer, Shape, check_positive_int
+from layers.im2col import output_size
+
+POOL_MODES = ("max", "average")
+
+
+class Pool2D(Layer):
+    """Max or average pooling with an ``f x f`` window, no padding.
+
+    Args:
+        f: window height and width.
+        stride: step between windows (default ``f``: non-overlapping windows).
+        mode: ``"max"`` or ``"average"``.
+
+    Output size: ``floor((n_H_prev - f) / stride) + 1``; rows/columns that no window
+    reaches are ignored (and get zero gradient). No parameters.
+    """
+
+    def __init__(
+        self,
+        f: int,
+        stride: int | None = None,
+        mode: str = "max",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        label = f"Pool2D {name!r}" if name else "Pool2D"
+        self.f = check_positive_int(label, "f", f)
+        self.stride = check_positive_int(label, "stride", self.f if stride is None else stride)
+        if mode not in POOL_MODES:
+            raise ValueError(f"{label}: mode must be one of {POOL_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def config(self) -> dict[str, Any]:
+        return {"f": self.f, "stride": self.stride, "mode": self.mode}
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise self.error(
+                f"expects images (n_H, n_W, n_C) per example, got shape {tuple(input_shape)}"
+            )
+        n_H_prev, n_W_prev, n_C = input_shape
+        n_H = output_size(n_H_prev, self.f, self.stride, 0)
+        n_W = output_size(n_W_prev, self.f, self.stride, 0)
+        for axis, n in (("height", n_H), ("width", n_W)):
+            if n < 1:
+                raise self.error(f"output {axis} would be {n}", input_shape)
+        return (n_H, n_W, n_C)
+
+    def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
+        """Pool ``X`` (m, n_H_prev, n_W_prev, n_C) -> A (m, n_H, n_W, n_C)."""
+        self.check_input(X)
+        n_H, n_W, _ = self.output_shape(X.shape[1:])
+        reduce = _max_along if self.mode == "max" else _mean_along
+        Y = reduce(X, WIDTH, self.f, self.stride, n_W)  # (m, n_H_prev, n_W, n_C)
+        A = reduce(Y, HEIGHT, self.f, self.stride, n_H)  # (m, n_H, n_W, n_C)
+        self.cache = (X, Y, A) if self.mode == "max" else (X.shape, None, None)
+        return A
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """From dA (m, n_H, n_W, n_C) return dA_prev (m, n_H_prev, n_W_prev, n_C)."""
+        X, Y, A = self.cache
+        x_shape = X.shape if self.mode == "max" else X
+        if dout.shape[1:] != self.output_shape(x_shape[1:]) or dout.shape[0] != x_shape[0]:
+            raise self.error(f"gradient shape {dout.shape} does not match the output", x_shape[1:])
+        if not input_grad:
+            return None
+        f, s = self.f, self.stride
+        if self.mode == "max":
+            dY = _max_backward_along(Y, A, dout, HEIGHT, f, s)  # (m, n_H_prev, n_W, n_C)
+            return _max_backward_along(X, Y, dY, WIDTH, f, s)
+        m, n_H_prev, n_W_prev, n_C = x_shape
+        y_shape = (m, n_H_prev, dout.shape[2], n_C)
+        dY = _mean_backward_along(y_shape, dout, HEIGHT, f, s)
+        return _mean_backward_along(x_shape, dY, WIDTH, f, s)
+
+
+# Pooling is separable: a window's max (or mean) is the max (mean) over its rows of the
+# max (mean) along each row. So both modes reduce along the width, then along the height:
+# 2*f vectorized steps instead of f*f. For max pooling, the first row holding the window's
+# maximum and, within it, the first column holding it is exactly the first maximum in
+# row-major window order: backward routes the gradient back through the two steps.
+
+HEIGHT, WIDTH = 1, 2
+
+
+def _take(axis: int, k: int, n_out: int, stride: int) -> tuple[slice, ...]:
+    """Index of the k-th element along ``axis`` of every window, for all n_out windows."""
+    along = slice(k, k + stride * (n_out - 1) + 1, stride)
+    return (slice(None), along) if axis == HEIGHT else (slice(None), slice(None), along)
+
+
+def _max_along(X: np.ndarray, axis: int, f: int, stride: int, n_out: int) -> np.ndarray:
+    """Max over windows of size f along ``axis`` of X (m, n_H, n_W, n_C)."""
+    out = X[_take(axis, 0, n_out, stride)].copy()
+    for k in range(1, f):
+        np.maximum(out, X[_take(axis, k, n_out, stride)], out=out)
+    return out
+
+
+def _mean_along(X: np.ndarray, axis: int, f: int, stride: int, n_out: int) -> np.ndarray:
+    """Mean over windows of size f along ``axis`` of X (m, n_H, n_W, n_C)."""
+    out = X[_take(axis, 0, n_out, stride)].copy()
+    for k in range(1, f):
+        out += X[_take(axis, k, n_out, stride)]
+    out *= out.dtype.type(1.0 / f)
+    return out
+
+
+def _scatter(dX: np.ndarray, index: tuple[slice, ...], values: np.ndarray, overlap: bool) -> None:
+    """``dX[index] += values``; a plain store when windows do not overlap."""
+    if overlap:
+        dX[index] += values
+    else:
+        dX[index] = values
+
+
+def _max_backward_along(
+    X: np.ndarray, out: np.ndarray, dout: np.ndarray, axis: int, f: int, stride: int
+) -> np.ndarray:
+    """Route dout (shaped like out) to the first element along ``axis`` equal to its max.
+
+    X is the input of ``_max_along`` and out its result; returns dX shaped like X.
+    """
+    n_out = out.shape[axis]
+    dX = np.zeros(X.shape, dtype=dout.dtype)
+    claimed = np.zeros(out.shape, dtype=bool)  # True once a window's gradient is routed
+    for k in range(f):
+        index = _take(axis, k, n_out, stride)
+        first = (X[index] == out) > claimed  # a maximum, and no earlier one: (eq & ~claimed)
+        _scatter(dX, index, dout * first, overlap=stride < f)
+        if k < f - 1:
+            claimed |= first
+    return dX
+
+
+def _mean_backward_along(
+    x_shape: Shape, dout: np.ndarray, axis: int, f: int, stride: int
+) -> np.ndarray:
+    """Spread dout evenly over the f elements along ``axis`` of each window."""
+    n_out = dout.shape[axis]
+    dX = np.zeros(x_shape, dtype=dout.dtype)
+    share = dout * dout.dtype.type(1.0 / f)
+    for k in range(f):
+        _scatter(dX, _take(axis, k, n_out, stride), share, overlap=stride < f)
+    return dX

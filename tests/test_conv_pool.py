@@ -1,0 +1,319 @@
+"""The fast Conv2D and Pool2D equal the loop reference, and their gradients are right.
+
+* Reference vs fast: forward and every gradient, float64, max abs difference < 1e-10, on a
+  grid of strides 1/2/3, pads 0/1/2/"same" (odd and even f), f 1..5, non-square inputs,
+  1 and 3 input channels, batch 1 and 5; pooling in both modes with stride != f and
+  windows that do not tile the input.
+* Numerical gradient checks (central differences, float64) of both layers.
+* Max-pool ties: the fast layer routes each gradient to the first maximum in row-major
+  window order; the reference mask gives it to every tied maximum.
+* dtype: float32 stays float32; errors name the layer, the input shape and the cause.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from layers import reference
+from layers.conv import Conv2D
+from layers.pool import Pool2D
+from tests.gradcheck import numerical_grad, rel_error
+
+TOL = 1e-10
+
+
+def reference_conv(A, W, b, stride, padding):
+    """Reference forward and a backward closure, for any (top, bottom, left, right) padding.
+
+    The reference takes one symmetric pad; "same" padding can be asymmetric, so the input
+    is zero-padded here (np.pad, independent of the fast code) and the reference runs with
+    pad 0; its dA_prev is then cropped back to A's shape.
+    """
+    top, bottom, left, right = padding
+    A_pad = np.pad(A, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    Z, cache = reference.conv_forward(A_pad, W, b, {"stride": stride, "pad": 0})
+
+    def backward(dZ):
+        dA_pad, dW, db = reference.conv_backward(dZ, cache)
+        n_H, n_W = A.shape[1:3]
+        return dA_pad[:, top : top + n_H, left : left + n_W, :], dW, db
+
+    return Z, backward
+
+
+def built_conv(filters, f, stride, pad, input_shape, rng, dtype=np.float64):
+    conv = Conv2D(filters, f, stride, pad)
+    conv.build(input_shape, rng, dtype)
+    conv.params["b"] = rng.standard_normal(conv.params["b"].shape).astype(dtype)
+    return conv
+
+
+CONV_GRID = [
+    (m, n_C_prev, f, stride, pad)
+    for m, n_C_prev, f, stride, pad in itertools.product(
+        (1, 5), (1, 3), (1, 2, 3, 4, 5), (1, 2, 3), (0, 1, 2, "same")
+    )
+]
+
+
+@pytest.mark.parametrize(("m", "n_C_prev", "f", "stride", "pad"), CONV_GRID)
+def test_conv_matches_reference(m, n_C_prev, f, stride, pad):
+    rng = np.random.default_rng(zlib.crc32(repr((m, n_C_prev, f, stride, pad)).encode()))
+    n_H_prev, n_W_prev, filters = 7, 9, 4  # non-square
+    A = rng.standard_normal((m, n_H_prev, n_W_prev, n_C_prev))
+    conv = built_conv(filters, f, stride, pad, A.shape[1:], rng)
+
+    Z = conv.forward(A)
+    Z_ref, ref_backward = reference_conv(
+        A, conv.params["W"], conv.params["b"], stride, conv.padding(n_H_prev, n_W_prev)
+    )
+    assert Z.shape == Z_ref.shape == (m, *conv.output_shape(A.shape[1:]))
+    np.testing.assert_allclose(Z, Z_ref, rtol=0, atol=TOL)
+
+    dZ = rng.standard_normal(Z.shape)
+    dA = conv.backward(dZ)
+    dA_ref, dW_ref, db_ref = ref_backward(dZ)
+    np.testing.assert_allclose(dA, dA_ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.grads["W"], dW_ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.grads["b"], db_ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(
+    ("n_H", "n_W", "f", "stride", "expected"),
+    [
+        (64, 64, 4, 1, (64, 64)),  # even f: total pad 3 -> 1 top/left, 2 bottom/right
+        (64, 64, 2, 1, (64, 64)),
+        (7, 9, 3, 2, (4, 5)),  # ceil(n / stride)
+        (8, 8, 5, 3, (3, 3)),
+        (5, 6, 4, 2, (3, 3)),
+    ],
+)
+def test_same_padding_keeps_ceil_of_size_over_stride(n_H, n_W, f, stride, expected):
+    conv = Conv2D(2, f, stride, "same")
+    assert conv.output_shape((n_H, n_W, 3))[:2] == expected
+    top, bottom, left, right = conv.padding(n_H, n_W)
+    assert bottom - top in (0, 1) and right - left in (0, 1)  # the extra row goes last
+
+
+def test_even_same_padding_puts_extra_row_at_bottom_right():
+    assert Conv2D(1, 4, 1, "same").padding(64, 64) == (1, 2, 1, 2)
+    assert Conv2D(1, 2, 1, "same").padding(8, 8) == (0, 1, 0, 1)
+    assert Conv2D(1, 3, 1, "valid").padding(8, 8) == (0, 0, 0, 0)
+
+
+POOL_GRID = list(
+    itertools.product((1, 5), (1, 3), (1, 2, 3, 4), (1, 2, 3), ("max", "average"))
+)
+
+
+@pytest.mark.parametrize(("m", "n_C", "f", "stride", "mode"), POOL_GRID)
+def test_pool_matches_reference(m, n_C, f, stride, mode):
+    rng = np.random.default_rng(zlib.crc32(repr((m, n_C, f, stride, mode)).encode()))
+    A = rng.standard_normal((m, 7, 9, n_C))  # 7x9 is tiled by no f > 1 with stride f
+    pool = Pool2D(f, stride, mode)
+    pool.build(A.shape[1:], rng, np.float64)
+
+    out = pool.forward(A)
+    out_ref, cache = reference.pool_forward(A, {"f": f, "stride": stride}, mode)
+    np.testing.assert_allclose(out, out_ref, rtol=0, atol=TOL)
+
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(
+        pool.backward(dout), reference.pool_backward(dout, cache, mode), rtol=0, atol=TOL
+    )
+
+
+def test_pool_default_stride_is_f():
+    assert Pool2D(3).stride == 3
+    assert Pool2D(3).output_shape((7, 9, 2)) == (2, 3, 2)
+
+
+# -- max-pool ties -------------------------------------------------------------------
+
+
+def test_max_pool_ties_go_to_the_first_maximum_in_row_major_order():
+    """Fast layer: exactly one input per window gets the gradient, the first maximum."""
+    window = np.array([[0.0, 5.0], [5.0, 5.0]])  # tied maxima at (0,1), (1,0), (1,1)
+    A = window.reshape(1, 2, 2, 1)
+    pool = Pool2D(2, 2, "max")
+    pool.build((2, 2, 1), dtype=np.float64)
+    pool.forward(A)
+    dA_prev = pool.backward(np.full((1, 1, 1, 1), 3.0))
+    np.testing.assert_array_equal(dA_prev[0, :, :, 0], [[0.0, 3.0], [0.0, 0.0]])
+
+
+def test_reference_mask_gives_the_gradient_to_every_tied_maximum():
+    window = np.array([[0.0, 5.0], [5.0, 5.0]])
+    A = window.reshape(1, 2, 2, 1)
+    _, cache = reference.pool_forward(A, {"f": 2, "stride": 2}, "max")
+    dA_prev = reference.pool_backward(np.full((1, 1, 1, 1), 3.0), cache, "max")
+    np.testing.assert_array_equal(dA_prev[0, :, :, 0], [[0.0, 3.0], [3.0, 3.0]])
+
+
+@pytest.mark.parametrize(("f", "stride"), [(2, 2), (3, 2), (3, 1), (4, 4)])
+def test_max_pool_with_many_ties_routes_exactly_one_gradient_per_window(f, stride):
+    """Integer inputs (ReLU zeros are the common case) tie often: total gradient is kept,
+    and each output's gradient lands on the first maximum of its window."""
+    rng = np.random.default_rng(f * 10 + stride)
+    A = rng.integers(0, 3, size=(3, 9, 8, 2)).astype(np.float64)
+    pool = Pool2D(f, stride, "max")
+    pool.build(A.shape[1:], dtype=np.float64)
+    out = pool.forward(A)
+    dout = rng.standard_normal(out.shape)
+    dA_prev = pool.backward(dout)
+
+    expected = np.zeros_like(A)
+    for i, h, w, c in np.ndindex(out.shape):
+        window = A[i, h * stride : h * stride + f, w * stride : w * stride + f, c]
+        r, s = np.unravel_index(np.argmax(window), window.shape)  # argmax: first maximum
+        expected[i, h * stride + r, w * stride + s, c] += dout[i, h, w, c]
+    np.testing.assert_allclose(dA_prev, expected, rtol=0, atol=TOL)
+    assert np.isclose(dA_prev.sum(), dout.sum())
+
+
+# -- numerical gradient checks -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("f", "stride", "pad"), [(3, 1, 1), (2, 2, "same"), (4, 3, 2)])
+def test_conv_numerical_gradients(f, stride, pad):
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((2, 6, 5, 3))
+    conv = built_conv(2, f, stride, pad, A.shape[1:], rng)
+    G = rng.standard_normal((2, *conv.output_shape(A.shape[1:])))
+
+    def loss():
+        return float(np.sum(conv.forward(A) * G))
+
+    conv.forward(A)
+    dA = conv.backward(G)
+    dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
+    assert rel_error(dA, numerical_grad(loss, A)) < 1e-6
+    assert rel_error(dW, numerical_grad(loss, conv.params["W"])) < 1e-6
+    assert rel_error(db, numerical_grad(loss, conv.params["b"])) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+@pytest.mark.parametrize(("f", "stride"), [(2, 2), (3, 2), (2, 1)])
+def test_pool_numerical_gradients(mode, f, stride):
+    rng = np.random.default_rng(3)
+    # Distinct, well-separated values: no max changes under a 1e-6 perturbation.
+    A = rng.permutation(2 * 7 * 6 * 2).reshape(2, 7, 6, 2).astype(np.float64) / 10
+    pool = Pool2D(f, stride, mode)
+    pool.build(A.shape[1:], dtype=np.float64)
+    G = rng.standard_normal((2, *pool.output_shape(A.shape[1:])))
+
+    def loss():
+        return float(np.sum(pool.forward(A) * G))
+
+    pool.forward(A)
+    assert rel_error(pool.backward(G), numerical_grad(loss, A)) < 1e-6
+
+
+# -- dtype -------------------------------------------------------------------------------
+
+
+def test_float32_stays_float32():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 10, 10, 3)).astype(np.float32)
+    conv = Conv2D(5, 3, 1, "same")
+    conv.build(A.shape[1:], rng)  # float32 by default
+    pool = Pool2D(2, mode="average")
+    pool.build(conv.output_shape(A.shape[1:]))
+    Z = conv.forward(A)
+    P = pool.forward(Z)
+    dZ = pool.backward(np.ones_like(P))
+    dA = conv.backward(dZ)
+    for array in (Z, P, dZ, dA, conv.grads["W"], conv.grads["b"], *conv.params.values()):
+        assert array.dtype == np.float32
+
+
+def test_float32_agrees_with_float64_reference():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((3, 8, 8, 3))
+    conv = built_conv(4, 3, 2, "same", A.shape[1:], rng, dtype=np.float32)
+    Z = conv.forward(A.astype(np.float32))
+    Z_ref, _ = reference_conv(
+        A, conv.params["W"].astype(np.float64), conv.params["b"].astype(np.float64), 2,
+        conv.padding(8, 8),
+    )
+    np.testing.assert_allclose(Z, Z_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_large_batch_is_chunked_and_equal_to_one_chunk(monkeypatch):
+    """Chunking over the batch is invisible: results equal a single big chunk."""
+    import layers.conv
+
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((9, 6, 6, 2))
+    conv = built_conv(3, 3, 1, 1, A.shape[1:], rng)
+    dZ = rng.standard_normal((9, 6, 6, 3))
+    Z_big = conv.forward(A)
+    dA_big = conv.backward(dZ)
+    dW_big = conv.grads["W"].copy()
+    monkeypatch.setattr(layers.conv, "CHUNK_BYTES", 1)  # one example per chunk
+    np.testing.assert_allclose(conv.forward(A), Z_big, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.backward(dZ), dA_big, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.grads["W"], dW_big, rtol=0, atol=TOL)
+
+
+def test_first_layer_can_skip_the_input_gradient():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((2, 5, 5, 1))
+    conv = built_conv(2, 3, 1, 0, A.shape[1:], rng)
+    Z = conv.forward(A)
+    assert conv.backward(np.ones_like(Z), input_grad=False) is None
+    assert conv.grads["W"].shape == (3, 3, 1, 2)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def test_impossible_geometry_names_layer_input_and_cause():
+    conv = Conv2D(8, f=5, stride=1, pad=0, name="conv1")
+    message = r"Conv2D 'conv1'.*f=5.*on input 3x3x8.*height would be -1"
+    with pytest.raises(ValueError, match=message):
+        conv.build((3, 3, 8))
+    pool = Pool2D(4, 4, name="pool1")
+    with pytest.raises(ValueError, match=r"Pool2D 'pool1'.*on input 2x9x3.*height would be 0"):
+        pool.build((2, 9, 3))
+
+
+def test_wrong_rank_channels_and_dtype_are_rejected_clearly():
+    conv = Conv2D(4, 3, pad=1, name="conv1")
+    conv.build((8, 8, 3))
+    with pytest.raises(ValueError, match=r"conv1.*rank 4"):
+        conv.forward(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"conv1.*8x8x2.*2 channels.*expect 3"):
+        conv.forward(np.zeros((1, 8, 8, 2), np.float32))
+    with pytest.raises(ValueError, match=r"conv1.*float64.*float32"):
+        conv.forward(np.zeros((1, 8, 8, 3), np.float64))
+    with pytest.raises(ValueError, match=r"conv1.*NumPy array"):
+        conv.forward([[1.0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"filters": 0, "f": 3},
+        {"filters": 4, "f": 0},
+        {"filters": 4, "f": 3, "stride": -1},
+        {"filters": 4, "f": 3, "pad": -1},
+        {"filters": 4, "f": 3, "pad": "full"},
+        {"filters": 4, "f": 2.5},
+    ],
+)
+def test_bad_conv_hyperparameters(kwargs):
+    with pytest.raises(ValueError, match="Conv2D"):
+        Conv2D(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"f": 0}, {"f": 2, "stride": 0}, {"f": 2, "mode": "median"}, {"f": True}]
+)
+def test_bad_pool_hyperparameters(kwargs):
+    with pytest.raises(ValueError, match="Pool2D"):
+        Pool2D(**kwargs)
