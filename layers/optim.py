@@ -6,8 +6,9 @@ in ``params`` are updated in place and keep their dtype (float32 stays float32).
 parameter state (velocity, Adam moments) is kept inside the optimizer under the same names,
 so ``state_dict()`` / ``load_state_dict()`` can checkpoint and resume training exactly.
 
-L2 weight decay adds ``weight_decay * p`` to the gradient of every parameter with
-``ndim >= 2`` (weights: Dense ``W``, Conv2D ``W``), never to biases (``ndim == 1``).
+L2 weight decay adds ``weight_decay * p`` to the gradient of every weight, i.e. every
+parameter named ``W`` (``"conv1.W"``, ``"dense3.W"``), never to biases (``b``, whatever
+their shape: Conv2D's ``b`` is ``(1, 1, 1, n_C)``).
 
 ``lr`` is a plain attribute: a learning-rate scheduler may set it between steps.
 """
@@ -17,6 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+
+def is_weight(name: str) -> bool:
+    """True for a weight (``"conv1.W"`` or ``"W"``), the parameters that weight decay shrinks."""
+    return name.rsplit(".", 1)[-1] == "W"
 
 
 class Optimizer:
@@ -68,7 +74,7 @@ class Optimizer:
         self.t += 1
         for name, p in params.items():
             g = grads[name]
-            if self.weight_decay and p.ndim >= 2:  # L2 on weights only, not biases
+            if self.weight_decay and is_weight(name):  # L2 on weights only, not biases
                 g = g + self.weight_decay * p
             self.update(name, p, g)
 

@@ -9,7 +9,12 @@ import pytest
 
 from layers.optim import SGD, Adam, Momentum, Optimizer, make_optimizer
 
-SHAPES = {"dense1.W": (4, 3), "dense1.b": (3,), "conv2.W": (2, 2, 1, 3)}
+SHAPES = {
+    "dense1.W": (4, 3),
+    "dense1.b": (3,),
+    "conv2.W": (2, 2, 1, 3),
+    "conv2.b": (1, 1, 1, 3),  # a bias of ndim 4: never decayed
+}
 STEPS = 6
 
 
@@ -37,10 +42,10 @@ def torch():
 
 
 def run_torch(torch, make_opt, grads_seq, weight_decay: float = 0.0, zero_momentum=False):
-    """Run a torch optimizer on the same start and gradients; decay only on ndim >= 2."""
+    """Run a torch optimizer on the same start and gradients; decay only on weights (W)."""
     tparams = {k: torch.tensor(v, requires_grad=True) for k, v in make_params().items()}
-    decayed = [p for p in tparams.values() if p.ndim >= 2]
-    plain = [p for p in tparams.values() if p.ndim < 2]
+    decayed = [p for k, p in tparams.items() if k.endswith(".W")]
+    plain = [p for k, p in tparams.items() if not k.endswith(".W")]
     opt = make_opt([{"params": decayed, "weight_decay": weight_decay}, {"params": plain}])
     if zero_momentum:  # torch otherwise starts the buffer at g_1 instead of 0
         for p in tparams.values():
@@ -108,7 +113,7 @@ def test_weight_decay_only_on_weights(name: str) -> None:
     make_optimizer(name, lr=0.1, weight_decay=0.5).step(params, zero)
     for k in params:
         changed = not np.array_equal(params[k], before[k])
-        assert changed == (params[k].ndim >= 2), k
+        assert changed == k.endswith(".W"), k
 
 
 def test_lr_can_change_between_steps() -> None:
