@@ -317,3 +317,24 @@ def test_bad_conv_hyperparameters(kwargs):
 def test_bad_pool_hyperparameters(kwargs):
     with pytest.raises(ValueError, match="Pool2D"):
         Pool2D(**kwargs)
+
+
+def test_memory_stays_bounded_for_a_batch_of_256_images():
+    """im2col buffers are chunked: a 256 x 64x64x3 batch needs no full-batch im2col matrix
+    (which alone would be 256*64*64*48*4 bytes = 201 MB for f=4)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.random((256, 64, 64, 3), dtype=np.float32)
+    conv = Conv2D(8, 4, 1, "same")
+    conv.build(X.shape[1:], rng)
+    dZ = np.ones((256, 64, 64, 8), np.float32)
+    tracemalloc.start()
+    try:
+        conv.forward(X)
+        conv.backward(dZ)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # output Z 34 MB + cached padded input 14 MB + dA 14 MB + two chunk buffers ~16 MB
+    assert peak < 120 * 2**20, f"peak {peak / 2**20:.0f} MB"
