@@ -69,9 +69,11 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, name: str | None = None) -> None:
         super().__init__(name)
+        is_number = isinstance(rate, (int, float, np.integer, np.floating))
+        if isinstance(rate, (bool, np.bool_)) or not is_number or not 0.0 <= rate < 1.0:
+            label = f"Dropout {name!r}" if name else "Dropout"
+            raise ValueError(f"{label}: rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
-        if not 0.0 <= self.rate < 1.0:
-            raise self.error(f"rate must be in [0, 1), got {rate!r}")
         self.rng: np.random.Generator | None = None
         self.mask: np.ndarray | None = None  # (m, *input_shape) scaled keep-mask, or None
 

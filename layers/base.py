@@ -96,6 +96,8 @@ class Layer:
     ) -> Shape:
         """Check ``input_shape``, create parameters in ``dtype``; return the output shape."""
         input_shape = tuple(int(d) for d in input_shape)
+        self.check_dims(input_shape)
+        self.params, self.grads = {}, {}  # rebuilding may change the parameter shapes
         out = self.output_shape(input_shape)
         self.input_shape = input_shape
         self.dtype = as_float_dtype(dtype)
@@ -133,8 +135,14 @@ class Layer:
                 "(cast explicitly; layers never up- or down-cast silently)",
                 X.shape[1:],
             )
+        self.check_dims(X.shape[1:])
         self.output_shape(X.shape[1:])
         return X
+
+    def check_dims(self, input_shape: Shape) -> None:
+        """Raise a ValueError unless every per-example dimension is at least 1."""
+        if any(d < 1 for d in input_shape):
+            raise self.error("every input dimension must be at least 1", input_shape)
 
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
         """Compute the output for a batch ``X`` of shape ``(m, *input_shape)``."""

@@ -84,8 +84,6 @@ class Conv2D(Layer):
                 f"expects images (n_H, n_W, n_C) per example, got shape {tuple(input_shape)}"
             )
         n_H_prev, n_W_prev, n_C_prev = input_shape
-        if min(input_shape) < 1:
-            raise self.error("input has an empty dimension", input_shape)
         if "W" in self.params and n_C_prev != self.params["W"].shape[2]:
             raise self.error(
                 f"input has {n_C_prev} channels but the filters expect "

@@ -48,7 +48,7 @@ class Pool2D(Layer):
         label = f"Pool2D {name!r}" if name else "Pool2D"
         self.f = check_positive_int(label, "f", f)
         self.stride = check_positive_int(label, "stride", self.f if stride is None else stride)
-        if mode not in POOL_MODES:
+        if not isinstance(mode, str) or mode not in POOL_MODES:
             raise ValueError(f"{label}: mode must be one of {POOL_MODES}, got {mode!r}")
         self.mode = mode
 

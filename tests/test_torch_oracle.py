@@ -117,6 +117,7 @@ def test_conv2d_fixed_geometry(case: int) -> None:
     check_conv(FIXED_CONV[case], 500 + case)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("f", [1, 2, 3, 4, 5])
 def test_conv2d_same_matches_torch_same(f: int) -> None:
     """Our "same" padding equals PyTorch's own padding="same" (stride 1 only in torch)."""
