@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from layers.activations import Dropout, Flatten, ReLU
+from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import make_optimizer
+from layers.pool import Pool2D
 from tests.gradcheck import numerical_grad, rel_error
 
 INPUT = (4, 4, 2)
@@ -83,6 +85,39 @@ def test_whole_network_gradient_check() -> None:
         if k.endswith(".b"):
             p[...] = np.random.default_rng(2).standard_normal(p.shape) * 0.1
     X, y = data(m=6, dtype=np.float64)
+    loss_fn = SoftmaxCrossEntropy()
+
+    def loss() -> float:
+        return loss_fn.forward(net.forward(X), y)
+
+    loss()
+    net.backward(loss_fn.backward())
+    analytic = {k: g.copy() for k, g in net.grads.items()}
+    for k, p in net.params.items():
+        assert rel_error(analytic[k], numerical_grad(loss, p)) < 1e-6, k
+
+
+@pytest.mark.parametrize("pool_mode", ["max", "average"])
+def test_whole_cnn_gradient_check(pool_mode: str) -> None:
+    """Conv -> ReLU -> Pool -> Conv(stride 2, same) -> ReLU -> Flatten -> Dense -> loss."""
+    net = Network(
+        [
+            Conv2D(3, 3, pad=1, name="conv1"),
+            ReLU(),
+            Pool2D(2, mode=pool_mode, name="pool1"),
+            Conv2D(4, 2, stride=2, pad="same", name="conv2"),
+            ReLU(),
+            Flatten(),
+            Dense(K, name="fc"),
+        ]
+    )
+    net.build((6, 7, 2), seed=3, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    for k, p in net.params.items():
+        if k.endswith(".b"):
+            p[...] = rng.standard_normal(p.shape) * 0.1
+    X = rng.standard_normal((3, 6, 7, 2))
+    y = np.array([0, 2, 4])
     loss_fn = SoftmaxCrossEntropy()
 
     def loss() -> float:
