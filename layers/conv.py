@@ -130,9 +130,9 @@ class Conv2D(Layer):
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
             cols = im2col(A_pad[start:stop], f, s, out=buf)  # (c*n_H*n_W, f*f*n_C_prev)
-            rows = slice(start * n_H * n_W, stop * n_H * n_W)
-            np.matmul(cols, W_flat, out=Z_flat[rows])
-        Z_flat += b
+            Z_chunk = Z_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
+            np.matmul(cols, W_flat, out=Z_chunk)
+            Z_chunk += b  # while the chunk is still in cache
         self.cache = (X.shape, A_pad)
         return Z
 
@@ -150,6 +150,7 @@ class Conv2D(Layer):
         dZ_flat = dout.reshape(m * n_H * n_W, n_C)
 
         dW = np.zeros((f * f * n_C_prev, n_C), dtype=self.dtype)
+        db = np.zeros(n_C, dtype=self.dtype)
         dA_pad = np.zeros_like(A_pad) if input_grad else None
         chunk = self._chunk(n_H * n_W, n_C_prev)
         buf = np.empty(min(chunk, m) * n_H * n_W * f * f * n_C_prev, dtype=self.dtype)
@@ -158,12 +159,13 @@ class Conv2D(Layer):
             dZ_chunk = dZ_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
             cols = im2col(A_pad[start:stop], f, s, out=buf)  # (c*n_H*n_W, f*f*n_C_prev)
             dW += cols.T @ dZ_chunk
+            db += dZ_chunk.sum(axis=0)
             if dA_pad is not None:
                 dcols = np.matmul(dZ_chunk, W_offsets)  # (f*f, c*n_H*n_W, n_C_prev)
                 col2im_add(dA_pad[start:stop], dcols, f, s, n_H, n_W)
 
         self.grads["W"] = dW.reshape(W.shape)
-        self.grads["b"] = dout.sum(axis=(0, 1, 2), dtype=self.dtype).reshape(1, 1, 1, n_C)
+        self.grads["b"] = db.reshape(1, 1, 1, n_C)
         if dA_pad is None:
             return None
         top, _, left, _ = self.padding(n_H_prev, n_W_prev)
