@@ -1,0 +1,48 @@
+"""The arrays that flow between the pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    """One split of a data set.
+
+    x: images (m, n_H, n_W, n_C): uint8 as loaded, float32 after normalize.
+    y: integer class labels (m,), int64.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    """Train, validation and test splits and the class labels they use.
+
+    classes: (K,) int64, the values of ``list_classes``; labels ``y`` are indices into
+    it (``0 .. K-1``). class_names: K readable names (folder names for an image folder,
+    ``str(value)`` otherwise). name: the data set's name, e.g. ``"digits"``.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: np.ndarray
+    class_names: list[str]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Per-example image shape (n_H, n_W, n_C)."""
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

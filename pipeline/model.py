@@ -1,0 +1,72 @@
+"""Build the fast NumPy network that a validated model config describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from layers.activations import Dropout, Flatten, ReLU
+from layers.augment import RandomShift
+from layers.base import Layer
+from layers.conv import Conv2D
+from layers.dense import Dense
+from layers.network import Network
+from layers.pool import Pool2D
+from pipeline.schemas import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec, ShiftSpec
+
+
+def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
+    """The layers of ``spec`` in order, named after their config keys.
+
+    A ReLU follows each conv and hidden dense layer that asks for one (``conv1_relu``); a
+    Flatten goes before the first dense layer; a final Dense ``logits`` with one unit per
+    class ends the network.
+    """
+    layers: list[Layer] = []
+    flat = False
+
+    def flatten() -> None:
+        nonlocal flat
+        if not flat:
+            layers.append(Flatten(name="flatten"))
+            flat = True
+
+    for name, s in spec.layers:
+        layer: Any
+        if isinstance(s, ConvSpec):
+            layer = Conv2D(s.filters, s.f, s.stride, s.pad, name=name)
+        elif isinstance(s, PoolSpec):
+            layer = Pool2D(s.f, s.stride, s.mode or spec.pool_mode, name=name)
+        elif isinstance(s, DenseSpec):
+            flatten()
+            layer = Dense(s.units, name=name)
+        elif isinstance(s, DropoutSpec):
+            layer = Dropout(s.rate, name=name)
+        elif isinstance(s, ShiftSpec):
+            layer = RandomShift(s.max_shift, name=name)
+        else:  # validate_model only returns the kinds above
+            raise TypeError(f"unknown layer spec {s!r}")
+        layers.append(layer)
+        if isinstance(s, ConvSpec | DenseSpec) and s.relu:
+            layers.append(ReLU(name=f"{name}_relu"))
+    flatten()
+    layers.append(Dense(num_classes, name="logits"))
+    return layers
+
+
+def build_network(
+    spec: ModelSpec,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int,
+    dtype: Any = np.float32,
+) -> Network:
+    """Build the network for images of ``input_shape`` (n_H, n_W, n_C).
+
+    Raises the failing layer's ValueError (which names the layer, its input shape and the
+    cause) when the layer stack does not fit the image size.
+    """
+    net = Network(model_layers(spec, num_classes))
+    net.build(input_shape, seed=seed, dtype=dtype)
+    return net

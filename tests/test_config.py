@@ -1,0 +1,124 @@
+"""Configs compose, overrides reach every layer hyperparameter, and bad values fail early
+with a message that names the key (before any data is read)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from pipeline.model import build_network, model_layers
+from pipeline.schemas import register_configs, validate
+
+register_configs()
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_composes_and_validates():
+    cfg = make_cfg()
+    assert cfg.data.name == "digits" and cfg.optimizer.name == "adam"
+    assert cfg.seed == 0 and cfg.trainer.epochs >= 1
+    spec = validate(cfg)
+    assert [name for name, _ in spec.layers][:2] == ["conv1", "pool1"]
+
+
+@pytest.mark.parametrize("group", ["data=signs", "optimizer=sgd", "optimizer=momentum",
+                                   "model=signs_cnn"])
+def test_every_group_option_composes(group):
+    cfg = make_cfg(group, "data=signs") if group == "model=signs_cnn" else make_cfg(group)
+    validate(cfg)
+
+
+def test_image_folder_needs_a_root():
+    with pytest.raises(ValueError, match=r"data\.root"):
+        validate(make_cfg("data=image_folder"))
+    validate(make_cfg("data=image_folder", "data.root=/some/dir"))
+
+
+@pytest.mark.parametrize(("experiment", "mode"), [("maxpool", "max"), ("avgpool", "average")])
+def test_experiments_switch_every_pool(experiment, mode):
+    cfg = make_cfg(f"+experiment={experiment}")
+    spec = validate(cfg)
+    pools = [layer for layer in model_layers(spec, 10) if type(layer).__name__ == "Pool2D"]
+    assert pools and all(p.mode == mode for p in pools)
+
+
+def test_pool_mode_override_switches_every_pool_unless_a_pool_sets_its_own():
+    spec = validate(make_cfg("model.pool_mode=average", "+model.pool2.mode=max"))
+    modes = {layer.name: layer.mode for layer in model_layers(spec, 10) if hasattr(layer, "mode")}
+    assert modes == {"pool1": "average", "pool2": "max"}
+
+
+def test_short_overrides_reach_layer_hyperparameters():
+    cfg = make_cfg(
+        "model.conv1.f=5", "model.conv1.filters=4", "model.conv1.stride=2", "model.conv1.pad=1",
+        "model.pool1.f=2", "model.pool1.stride=1", "optimizer.lr=0.01", "trainer.epochs=3",
+        "trainer.batch_size=16", "data.image_size=8", "seed=7",
+    )
+    net = build_network(validate(cfg), (8, 8, 1), 10, seed=cfg.seed)
+    conv, pool = net["conv1"], net["pool1"]
+    assert (conv.filters, conv.f, conv.stride, conv.pad) == (4, 5, 2, 1)
+    assert (pool.f, pool.stride) == (2, 1)
+    assert cfg.optimizer.lr == 0.01 and cfg.trainer.batch_size == 16 and cfg.seed == 7
+
+
+def test_model_layers_follow_the_config_order():
+    spec = validate(make_cfg("model=signs_cnn", "data=signs"))
+    names = [layer.name for layer in model_layers(spec, 6)]
+    assert names == ["conv1", "conv1_relu", "pool1", "conv2", "conv2_relu", "pool2",
+                     "flatten", "logits"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.conv1.stride=-1", r"model\.conv1\.stride must be >= 1"),
+        ("model.conv1.pad=full", r"model\.conv1\.pad"),
+        ("model.pool_mode=median", r"model\.pool_mode must be one of"),
+        ("+model.pool1.mode=median", r"model\.pool1\.mode"),
+        ("+model.conv1.size=3", r"model\.conv1.*size"),
+        ("model.conv1.f=three", r"model\.conv1.*f"),
+        ("+model.layer9={units: 3}", r"model\.layer9: unknown layer kind"),
+        ("optimizer.lr=0", r"optimizer\.lr must be > 0"),
+        ("trainer.epochs=0", r"trainer\.epochs must be >= 1"),
+        ("data.val_fraction=1.5", r"data\.val_fraction"),
+        ("data.normalize=minmax", r"data\.normalize"),
+        ("trainer.lr_schedule=linear", r"trainer\.lr_schedule"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        validate(make_cfg(override))
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.epochs=many", "trainer.epochz=3", "optimizer.beta=0.5", "foo=1",
+                 "data.image_size=big"]
+)
+def test_hydra_rejects_unknown_keys_and_wrong_types_while_composing(override):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as e:
+        make_cfg(override)
+    key = override.lstrip("+").split("=")[0].split(".")[-1]
+    assert key in str(e.value) or key in str(e.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("+trainer.epochz=3", "trainer.epochz"), ("+foo=1", "foo"), ("+data.rot=x", "data.rot"),
+     ("+optimizer.beta=0.5", "optimizer.beta")],
+)
+def test_keys_added_with_plus_are_rejected_by_validate(override, key):
+    with pytest.raises(ValueError, match=rf"unknown config key {key}"):
+        validate(make_cfg(override))
+
+
+def test_a_layer_stack_too_deep_for_the_images_fails_before_reading_data():
+    # signs_cnn pools 8x8 then 4x4: on the 8x8 digits the second pool has a 1x1 input.
+    spec = validate(make_cfg("model=signs_cnn"))
+    with pytest.raises(ValueError, match=r"Pool2D 'pool2'.*on input 1x1x16.*would be"):
+        build_network(spec, (8, 8, 1), 10, seed=0)
