@@ -1,0 +1,519 @@
+"""Stage 1 of the pipeline: data sets as HDF5 files in the SIGNS layout, and loading them.
+
+Every data set flows through a pair of HDF5 files laid out like the SIGNS course data::
+
+    train file: train_set_x (m, n_H, n_W, n_C) uint8, train_set_y (m,) int, list_classes (K,) int
+    test file:  test_set_x  (m, n_H, n_W, n_C) uint8, test_set_y  (m,) int, list_classes (K,) int
+
+plus an optional ``class_names`` (K,) dataset of UTF-8 strings. Labels are stored as class
+VALUES (members of ``list_classes``); in memory they are INDICES into it (``0 .. K-1``).
+
+Sources converted into that layout (written once, then reused while unchanged):
+
+- ``digits_to_h5``: scikit-learn's bundled 8x8 digits (no download), 1 channel.
+- ``image_folder_to_h5``: an image folder ``ROOT/<class name>/<image>``, e.g.
+  ``../shared/data/sign-language-digits``.
+
+``load_dataset`` reads a train and a test file into a ``Dataset`` (x stays uint8;
+normalization is the next stage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from pipeline.dataset import Dataset, Split
+
+PathLike = str | os.PathLike[str]
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+# LANCZOS: windowed-sinc filter, antialiased when shrinking (100 -> 64 or 32 pixels), so fine
+# detail is averaged rather than aliased; it costs little more than BILINEAR here.
+RESAMPLE = Image.Resampling.LANCZOS
+FORMAT_VERSION = 1  # bump to force regeneration of converted files after a format change
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _keys(split: str) -> tuple[str, str]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return f"{split}_set_x", f"{split}_set_y"
+
+
+def _check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    low_ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not (low_ok and value < 1):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _stratified_split(
+    y: np.ndarray, fraction: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)`` of a stratified, seeded split of labels y (m,)."""
+    try:
+        return train_test_split(
+            np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y
+        )
+    except ValueError as err:  # too few examples per class, or fewer held out than classes
+        counts = dict(zip(*(a.tolist() for a in np.unique(y, return_counts=True)), strict=True))
+        raise ValueError(
+            f"cannot make a stratified {what} split of {len(y)} examples with fraction "
+            f"{fraction} (examples per class: {counts}): {err}"
+        ) from err
+
+
+# --------------------------------------------------------------------------- HDF5 I/O
+
+
+def read_split(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Read one split of a SIGNS-layout HDF5 file.
+
+    Args:
+        path: the HDF5 file.
+        split: ``"train"`` or ``"test"``: reads ``{split}_set_x``, ``{split}_set_y``,
+            ``list_classes`` and, if present, ``class_names``.
+
+    Returns:
+        ``(x, y, classes, class_names)``: x (m, n_H, n_W, n_C) uint8; y (m,) int64 INDICES
+        into classes (``0 .. K-1`` whatever the stored class values); classes (K,) int64,
+        the stored ``list_classes``; class_names, K strings (``str(value)`` by default).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not a readable HDF5 file, a key missing, wrong shape or dtype, x and y of
+            different lengths, labels not in ``list_classes``, or an empty split.
+    """
+    x_key, y_key = _keys(split)
+    path = Path(path).absolute()
+    needed = f"{x_key}, {y_key}, list_classes"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"HDF5 file not found: {path} (a {split} file needs the keys {needed})"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            present = sorted(f.keys())
+
+            def get(key: str) -> np.ndarray:
+                if not isinstance(f.get(key), h5py.Dataset):
+                    raise ValueError(
+                        f"{path}: missing dataset {key!r} (a {split} file needs {needed}; "
+                        f"keys present: {present})"
+                    )
+                return np.asarray(f[key][()])
+
+            x, y_raw, classes = get(x_key), get(y_key), get("list_classes")
+            names = None
+            if "class_names" in f:
+                ds = f["class_names"]
+                if not isinstance(ds, h5py.Dataset) or h5py.check_string_dtype(ds.dtype) is None:
+                    raise ValueError(f"{path}: 'class_names' must be a dataset of strings")
+                names = ds.asstr()[()]
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from err
+
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise ValueError(
+            f"{path}: {x_key!r} must be (m, n_H, n_W, n_C) uint8, "
+            f"got shape {x.shape} dtype {x.dtype}"
+        )
+    if y_raw.ndim != 1 or not np.issubdtype(y_raw.dtype, np.integer):
+        raise ValueError(
+            f"{path}: {y_key!r} must be (m,) integer, got shape {y_raw.shape} dtype {y_raw.dtype}"
+        )
+    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or classes.size == 0:
+        raise ValueError(
+            f"{path}: 'list_classes' must be (K,) integer with K >= 1, "
+            f"got shape {classes.shape} dtype {classes.dtype}"
+        )
+    if len(np.unique(classes)) != len(classes):
+        raise ValueError(f"{path}: 'list_classes' has repeated values: {classes.tolist()}")
+    if len(x) != len(y_raw):
+        raise ValueError(
+            f"{path}: {x_key!r} has {len(x)} examples but {y_key!r} has {len(y_raw)} labels"
+        )
+    if len(x) == 0:
+        raise ValueError(f"{path}: the {split} split is empty ({x_key!r} has 0 examples)")
+
+    classes = classes.astype(np.int64)
+    order = np.argsort(classes)
+    pos = np.minimum(np.searchsorted(classes[order], y_raw), len(classes) - 1)
+    unknown = classes[order][pos] != y_raw
+    if unknown.any():
+        raise ValueError(
+            f"{path}: {y_key!r} has label values not in list_classes "
+            f"{classes.tolist()}: {np.unique(y_raw[unknown]).tolist()}"
+        )
+    y = order[pos].astype(np.int64)
+
+    if names is None:
+        class_names = [str(c) for c in classes]
+    else:
+        class_names = [str(n) for n in np.atleast_1d(names)]
+        if len(class_names) != len(classes):
+            raise ValueError(
+                f"{path}: 'class_names' has {len(class_names)} names for "
+                f"{len(classes)} classes in list_classes"
+            )
+    return x, y, classes, class_names
+
+
+def write_split(
+    path: PathLike,
+    split: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write one split in the SIGNS layout (uncompressed, for speed), creating parent dirs.
+
+    The file is written to a temporary name and renamed into place, so readers never see a
+    half-written file.
+
+    Args:
+        path: the HDF5 file to (over)write.
+        split: ``"train"`` or ``"test"``.
+        x: images (m, n_H, n_W, n_C) uint8, m >= 1.
+        y: class INDICES (m,) integer in ``0 .. K-1`` (what ``read_split`` returns); stored
+            as the class values ``classes[y]``, like SIGNS.
+        classes: (K,) distinct integer class values, stored as ``list_classes``.
+        class_names: optional K names, stored as the UTF-8 ``class_names`` dataset.
+        attrs: optional HDF5 file attributes (provenance of converted files).
+
+    Returns:
+        The absolute path written.
+    """
+    x_key, y_key = _keys(split)
+    path = Path(path).absolute()
+    x, y, classes = np.asarray(x), np.asarray(y), np.asarray(classes)
+    if x.ndim != 4 or x.dtype != np.uint8 or len(x) == 0:
+        raise ValueError(
+            f"write_split({path}): x must be (m, n_H, n_W, n_C) uint8 with m >= 1, "
+            f"got shape {x.shape} dtype {x.dtype}"
+        )
+    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or classes.size == 0:
+        raise ValueError(
+            f"write_split({path}): classes must be (K,) integer with K >= 1, "
+            f"got shape {classes.shape} dtype {classes.dtype}"
+        )
+    if len(np.unique(classes)) != len(classes):
+        raise ValueError(f"write_split({path}): classes has repeated values: {classes.tolist()}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"write_split({path}): y must be ({len(x)},) integer class indices, "
+            f"got shape {y.shape} dtype {y.dtype}"
+        )
+    bad = (y < 0) | (y >= len(classes))
+    if bad.any():
+        raise ValueError(
+            f"write_split({path}): y must hold indices 0..{len(classes) - 1}, "
+            f"got {np.unique(y[bad]).tolist()}"
+        )
+    if class_names is not None and len(class_names) != len(classes):
+        raise ValueError(
+            f"write_split({path}): {len(class_names)} class_names for {len(classes)} classes"
+        )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(x_key, data=x)
+            f.create_dataset(y_key, data=classes.astype(np.int64)[y])
+            f.create_dataset("list_classes", data=classes.astype(np.int64))
+            if class_names is not None:
+                names = [str(n) for n in class_names]
+                f.create_dataset("class_names", data=names, dtype=h5py.string_dtype("utf-8"))
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _attrs_match(paths: Sequence[Path], expected: dict[str, Any]) -> bool:
+    """Whether every file exists, is readable and carries exactly these attribute values."""
+    try:
+        for path in paths:
+            with h5py.File(path, "r") as f:
+                for key, value in expected.items():
+                    if key not in f.attrs or f.attrs[key] != value:
+                        return False
+    except OSError:  # missing or unreadable: rebuild
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Path, Path]:
+    """Write scikit-learn's 8x8 digits as ``digits_train.h5`` / ``digits_test.h5``.
+
+    Images (1797, 8, 8) with values 0..16 become uint8 ``round(v * 255 / 16)`` of shape
+    (m, 8, 8, 1): one channel, which the network handles like any other count. Classes
+    0..9. The train/test split is stratified and seeded. The files are reused when they
+    already exist with the same ``seed`` and ``test_fraction`` (stored as HDF5 attributes),
+    rewritten otherwise.
+
+    Returns:
+        ``(train_path, test_path)``, absolute.
+    """
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    out_dir = Path(out_dir).absolute()
+    paths = (out_dir / "digits_train.h5", out_dir / "digits_test.h5")
+    attrs = {
+        "source": "sklearn.datasets.load_digits",
+        "seed": int(seed),
+        "test_fraction": test_fraction,
+        "format_version": FORMAT_VERSION,
+    }
+    if _attrs_match(paths, attrs):
+        return paths
+
+    from sklearn.datasets import load_digits  # slow import; only needed to (re)build
+
+    digits = load_digits()
+    x = np.rint(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]
+    y = digits.target.astype(np.int64)
+    train_idx, test_idx = _stratified_split(y, test_fraction, int(seed), "train/test")
+    classes = np.arange(10, dtype=np.int64)
+    for path, split, idx in zip(paths, SPLITS, (train_idx, test_idx), strict=True):
+        write_split(path, split, x[idx], y[idx], classes, attrs=attrs)
+    return paths
+
+
+def _class_folders(root: Path) -> list[Path]:
+    """Non-hidden subfolders of root, sorted numerically when all names are integers."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found (or not a directory): {root}")
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not folders:
+        raise ValueError(
+            f"{root}: no class folders (expected the layout ROOT/<class name>/<image>)"
+        )
+    if all(re.fullmatch(r"-?\d+", p.name) for p in folders):
+        return sorted(folders, key=lambda p: (int(p.name), p.name))
+    return sorted(folders, key=lambda p: p.name)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Sorted non-hidden image files directly in folder; error when there are none."""
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise ValueError(
+            f"class folder {folder} is empty: no images with extensions "
+            f"{sorted(IMAGE_EXTENSIONS)} (hidden and other files are ignored)"
+        )
+    return files
+
+
+def _scan(root: Path) -> tuple[list[str], list[list[Path]]]:
+    folders = _class_folders(root)
+    return [p.name for p in folders], [_image_files(p) for p in folders]
+
+
+def _fingerprint(roots: Sequence[Path], files: Sequence[Sequence[Sequence[Path]]]) -> str:
+    """Hash of each image's path relative to its root, size and modification time."""
+    digest = hashlib.sha256()
+    for tag, (root, per_class) in enumerate(zip(roots, files, strict=True)):
+        for path in (p for class_files in per_class for p in class_files):
+            stat = path.stat()
+            line = f"{tag}|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n"
+            digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray:
+    """One image as (image_size, image_size, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((image_size, image_size), RESAMPLE)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _decode_all(
+    per_class: Sequence[Sequence[Path]], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (m, image_size, image_size, 3) uint8 and class indices (m,) int64."""
+    files = [p for class_files in per_class for p in class_files]
+    y = np.repeat(np.arange(len(per_class)), [len(c) for c in per_class]).astype(np.int64)
+    with ThreadPoolExecutor(DECODE_WORKERS) as pool:  # Pillow decodes outside the GIL
+        return np.stack(list(pool.map(partial(_decode, image_size=image_size), files))), y
+
+
+def image_folder_to_h5(
+    root: PathLike,
+    out_dir: PathLike,
+    image_size: int,
+    test_fraction: float,
+    seed: int,
+    test_root: PathLike | None = None,
+) -> tuple[Path, Path]:
+    """Convert an image folder ``ROOT/<class name>/<image>`` into a train and a test file.
+
+    Each image is converted to RGB and resized to (image_size, image_size) with LANCZOS
+    (antialiased when shrinking, e.g. 100 -> 64). Classes are the non-hidden subfolders,
+    sorted (numerically when all names are integers, so "10" comes after "9");
+    ``list_classes`` is ``0 .. K-1`` and ``class_names`` the folder names. Only files with
+    the extensions .jpg .jpeg .png .bmp .gif (any case) are read; hidden and other files
+    are ignored, and a folder without images is an error.
+
+    Without ``test_root`` the images are split into train and test, stratified and seeded.
+    With ``test_root`` (same layout and class folders) that folder is the test set, no
+    split is made and ``test_fraction`` and ``seed`` are unused.
+
+    The files, ``imagefolder-<hash>-{train,test}.h5`` in out_dir (hash of the absolute
+    roots and the parameters), are reused while a fingerprint of the source images (their
+    relative paths, sizes and modification times) is unchanged, rebuilt otherwise.
+
+    Returns:
+        ``(train_path, test_path)``, absolute.
+    """
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or (image_size < 1)
+    ):
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    root = Path(root).absolute()
+    test_dir = None if test_root is None else Path(test_root).absolute()
+    if test_dir is None:
+        test_fraction = _check_fraction("test_fraction", test_fraction)
+
+    names, files = _scan(root)
+    roots, all_files = [root], [files]
+    if test_dir is not None:
+        test_names, test_files = _scan(test_dir)
+        if test_names != names:
+            raise ValueError(
+                f"class folders of test_root {test_dir} differ from those of root {root}: "
+                f"missing in test_root {sorted(set(names) - set(test_names))}, "
+                f"extra in test_root {sorted(set(test_names) - set(names))}"
+            )
+        roots.append(test_dir)
+        all_files.append(test_files)
+
+    params = json.dumps(
+        {
+            "root": str(root),
+            "test_root": None if test_dir is None else str(test_dir),
+            "image_size": int(image_size),
+            "test_fraction": None if test_dir is not None else test_fraction,
+            "seed": None if test_dir is not None else int(seed),
+            "format_version": FORMAT_VERSION,
+        },
+        sort_keys=True,
+    )
+    tag = hashlib.sha256(params.encode()).hexdigest()[:12]
+    out_dir = Path(out_dir).absolute()
+    paths = (out_dir / f"imagefolder-{tag}-train.h5", out_dir / f"imagefolder-{tag}-test.h5")
+    attrs = {
+        "params": params,
+        "fingerprint": _fingerprint(roots, all_files),
+        "resample": RESAMPLE.name,
+    }
+    if _attrs_match(paths, attrs):
+        return paths
+
+    classes = np.arange(len(names), dtype=np.int64)
+    x, y = _decode_all(files, int(image_size))
+    if test_dir is None:
+        train_idx, test_idx = _stratified_split(y, test_fraction, int(seed), "train/test")
+        splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
+    else:
+        splits = ((x, y), _decode_all(all_files[1], int(image_size)))
+    for path, split, (xs, ys) in zip(paths, SPLITS, splits, strict=True):
+        write_split(path, split, xs, ys, classes, names, attrs=attrs)
+    return paths
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def split_validation(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
+) -> tuple[Split, Split]:
+    """Hold out a stratified, seeded validation split.
+
+    Args:
+        x: images (m, n_H, n_W, n_C).
+        y: class indices (m,).
+        val_fraction: share held out, in [0, 1). 0 gives an empty validation split
+            (shape (0, n_H, n_W, n_C)) and keeps every example for training.
+        seed: random state of the split; the same seed gives the same split.
+
+    Returns:
+        ``(train, val)``.
+    """
+    val_fraction = _check_fraction("val_fraction", val_fraction, allow_zero=True)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels")
+    if val_fraction == 0:
+        return Split(x, y), Split(x[:0], y[:0])
+    train_idx, val_idx = _stratified_split(y, val_fraction, int(seed), "validation")
+    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+
+
+def load_dataset(
+    *, name: str, train_path: PathLike, test_path: PathLike, val_fraction: float, seed: int
+) -> Dataset:
+    """Read a train and a test file (SIGNS layout) and split validation off the train set.
+
+    Both files must have the same ``list_classes``, class names and image shape
+    (n_H, n_W, n_C). Images stay uint8.
+
+    Returns:
+        ``Dataset`` with train/val/test ``Split``s (x (m, n_H, n_W, n_C) uint8, y (m,)
+        int64 class indices), classes (K,) int64 and K class_names.
+    """
+    x_train, y_train, classes, class_names = read_split(train_path, "train")
+    x_test, y_test, test_classes, test_names = read_split(test_path, "test")
+    files = f"train file {Path(train_path).absolute()} and test file {Path(test_path).absolute()}"
+    if not np.array_equal(classes, test_classes) or class_names != test_names:
+        raise ValueError(
+            f"{files} disagree on the classes: list_classes {classes.tolist()} vs "
+            f"{test_classes.tolist()}, class names {class_names} vs {test_names}"
+        )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"{files} disagree on the image shape (n_H, n_W, n_C): "
+            f"{x_train.shape[1:]} vs {x_test.shape[1:]}"
+        )
+    train, val = split_validation(x_train, y_train, val_fraction, seed)
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=Split(x_test, y_test),
+        classes=classes,
+        class_names=class_names,
+    )

@@ -1,0 +1,388 @@
+"""Tests of pipeline.load: the SIGNS HDF5 layout, its validation, and the converted sources."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.dataset import Dataset, Split
+from pipeline.load import (
+    digits_to_h5,
+    image_folder_to_h5,
+    load_dataset,
+    read_split,
+    split_validation,
+    write_split,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SIGNS_TEST = SHARED / "signs" / "test_signs.h5"
+SIGN_DIGITS = SHARED / "sign-language-digits"
+
+
+def small_split(m: int = 12, K: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(m, 5, 4, 3), dtype=np.uint8)
+    return x, np.arange(m, dtype=np.int64) % K
+
+
+def write_raw(path: Path, **datasets: np.ndarray) -> Path:
+    """An HDF5 file with exactly these datasets, bypassing write_split's checks."""
+    with h5py.File(path, "w") as f:
+        for key, value in datasets.items():
+            f.create_dataset(key, data=value)
+    return path
+
+
+def make_image_folder(
+    root: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 6, seed: int = 0
+) -> Path:
+    """root/<class>/img<i>.jpg: random 20x30 (H x W) RGB images, the first of each a PNG."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+            suffix = ".png" if i == 0 else ".jpg"
+            Image.fromarray(pixels).save(root / name / f"img{i}{suffix}")
+    return root
+
+
+# --------------------------------------------------------------------------- read / write
+
+
+def test_round_trip_maps_class_values_to_indices(tmp_path: Path) -> None:
+    x, y = small_split()
+    classes = np.array([3, 7, 11])
+    path = write_split(tmp_path / "sub" / "dir" / "t.h5", "train", x, y, classes, ["x", "y", "z"])
+    with h5py.File(path, "r") as f:
+        assert sorted(f.keys()) == ["class_names", "list_classes", "train_set_x", "train_set_y"]
+        np.testing.assert_array_equal(f["train_set_y"][()], classes[y])  # stored as values
+    x2, y2, classes2, names = read_split(path, "train")
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+    assert x2.dtype == np.uint8 and y2.dtype == np.int64 and classes2.dtype == np.int64
+    np.testing.assert_array_equal(classes2, classes)
+    assert names == ["x", "y", "z"]
+
+
+def test_read_unsorted_class_values_and_default_names(tmp_path: Path) -> None:
+    x, _ = small_split(m=4)
+    path = write_raw(
+        tmp_path / "t.h5",
+        test_set_x=x,
+        test_set_y=np.array([7, 3, 3, 7], dtype=np.int32),
+        list_classes=np.array([7, 3]),
+    )
+    _, y, classes, names = read_split(path, "test")
+    np.testing.assert_array_equal(y, [0, 1, 1, 0])
+    assert names == ["7", "3"] and classes.tolist() == [7, 3]
+
+
+def test_real_signs_test_file() -> None:
+    if not SIGNS_TEST.is_file():
+        pytest.skip(f"real SIGNS test file not found; looked for {SIGNS_TEST}")
+    x, y, classes, names = read_split(SIGNS_TEST, "test")
+    assert x.shape == (120, 64, 64, 3) and x.dtype == np.uint8
+    assert classes.tolist() == list(range(6)) and names == [str(c) for c in range(6)]
+    assert np.bincount(y).tolist() == [20] * 6
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.h5"
+    with pytest.raises(FileNotFoundError, match=r"nope\.h5.*test_set_x, test_set_y, list_class"):
+        read_split(path, "test")
+    with pytest.raises(FileNotFoundError, match=str(path.absolute())):
+        read_split(path, "test")
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.h5"
+    path.write_bytes(b"this is not an HDF5 file" * 10)
+    with pytest.raises(ValueError, match=r"garbage\.h5: not a readable HDF5 file"):
+        read_split(path, "train")
+
+
+def test_missing_key_lists_present_keys(tmp_path: Path) -> None:
+    x, y = small_split()
+    path = write_raw(tmp_path / "t.h5", train_set_x=x, list_classes=np.arange(3))
+    with pytest.raises(ValueError, match=r"t\.h5: missing dataset 'train_set_y'") as info:
+        read_split(path, "train")
+    assert "['list_classes', 'train_set_x']" in str(info.value)
+    with pytest.raises(ValueError, match="missing dataset 'test_set_x'"):
+        read_split(path, "test")  # a train file read as a test file
+
+
+def test_wrong_rank(tmp_path: Path) -> None:
+    x, y = small_split()
+    path = write_raw(
+        tmp_path / "t.h5", train_set_x=x[..., 0], train_set_y=y, list_classes=[0, 1, 2]
+    )
+    with pytest.raises(ValueError, match=r"'train_set_x'.*got shape \(12, 5, 4\) dtype uint8"):
+        read_split(path, "train")
+    path = write_raw(
+        tmp_path / "u.h5", train_set_x=x, train_set_y=y[:, None], list_classes=[0, 1, 2]
+    )
+    with pytest.raises(
+        ValueError, match=r"'train_set_y' must be \(m,\) integer, got shape \(12, 1"
+    ):
+        read_split(path, "train")
+
+
+def test_wrong_dtype(tmp_path: Path) -> None:
+    x, y = small_split()
+    path = write_raw(tmp_path / "t.h5", train_set_x=x / 255, train_set_y=y, list_classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"t\.h5: 'train_set_x' must be .* uint8.*float64"):
+        read_split(path, "train")
+    path = write_raw(tmp_path / "u.h5", train_set_x=x, train_set_y=y * 1.0, list_classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"u\.h5: 'train_set_y' must be \(m,\) integer.*float64"):
+        read_split(path, "train")
+
+
+def test_labels_outside_list_classes(tmp_path: Path) -> None:
+    x, _ = small_split(m=5)
+    y = np.array([0, 1, 9, 2, -4])
+    path = write_raw(tmp_path / "t.h5", test_set_x=x, test_set_y=y, list_classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"t\.h5: 'test_set_y'.*\[0, 1, 2\]: \[-4, 9\]"):
+        read_split(path, "test")
+
+
+def test_length_mismatch(tmp_path: Path) -> None:
+    x, y = small_split()
+    path = write_raw(tmp_path / "t.h5", train_set_x=x, train_set_y=y[:10], list_classes=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"t\.h5: 'train_set_x' has 12 examples but .* 10 labels"):
+        read_split(path, "train")
+
+
+def test_empty_split(tmp_path: Path) -> None:
+    x, y = small_split()
+    path = write_raw(tmp_path / "t.h5", train_set_x=x[:0], train_set_y=y[:0], list_classes=[0])
+    with pytest.raises(ValueError, match=r"t\.h5: the train split is empty"):
+        read_split(path, "train")
+
+
+def test_write_split_rejects_bad_input(tmp_path: Path) -> None:
+    x, y = small_split()
+    with pytest.raises(ValueError, match="uint8"):
+        write_split(tmp_path / "t.h5", "train", x.astype(np.float32), y, np.arange(3))
+    with pytest.raises(ValueError, match=r"indices 0\.\.2, got \[3\]"):
+        write_split(tmp_path / "t.h5", "train", x, y + 1, np.arange(3))
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        write_split(tmp_path / "t.h5", "val", x, y, np.arange(3))
+    assert not any(tmp_path.iterdir())  # nothing written, no temporary files left
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_and_stratification(tmp_path: Path) -> None:
+    train_path, test_path = digits_to_h5(tmp_path, seed=0, test_fraction=0.2)
+    assert (train_path.name, test_path.name) == ("digits_train.h5", "digits_test.h5")
+    x_tr, y_tr, classes, _ = read_split(train_path, "train")
+    x_te, y_te, classes_te, _ = read_split(test_path, "test")
+    assert x_tr.shape[1:] == (8, 8, 1) and x_tr.dtype == np.uint8
+    assert len(x_tr) + len(x_te) == 1797 and len(x_te) == 360
+    assert x_tr.max() == 255 and x_tr.min() == 0
+    assert classes.tolist() == classes_te.tolist() == list(range(10))
+    share = np.bincount(y_te, minlength=10) / np.bincount(y_tr, minlength=10)
+    np.testing.assert_allclose(share, 0.25, atol=0.03)  # test/train = 0.2 / 0.8 in each class
+
+
+def test_digits_reused_then_regenerated(tmp_path: Path) -> None:
+    paths = digits_to_h5(tmp_path, seed=0, test_fraction=0.2)
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    time.sleep(0.01)
+    assert digits_to_h5(tmp_path, seed=0, test_fraction=0.2) == paths
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes  # reused, not rewritten
+    y_before = read_split(paths[1], "test")[1]
+    digits_to_h5(tmp_path, seed=1, test_fraction=0.2)
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(paths, mtimes, strict=True))
+    with h5py.File(paths[0], "r") as f:
+        assert f.attrs["seed"] == 1
+    assert not np.array_equal(read_split(paths[1], "test")[1], y_before)
+    digits_to_h5(tmp_path, seed=1, test_fraction=0.3)
+    assert len(read_split(paths[1], "test")[0]) == 540
+
+
+def test_digits_bad_fraction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\)"):
+        digits_to_h5(tmp_path, seed=0, test_fraction=1.0)
+
+
+# --------------------------------------------------------------------------- image folder
+
+
+def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "src")
+    (root / "a" / ".DS_Store").write_bytes(b"\0junk")
+    (root / "b" / "notes.txt").write_text("not an image")
+    (root / ".hidden").mkdir()
+    (root / "LICENSE").write_text("a file beside the class folders")
+    out = tmp_path / "out"
+    train_path, test_path = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
+    assert train_path.name.startswith("imagefolder-") and train_path.name.endswith("-train.h5")
+    assert test_path.name == train_path.name.replace("-train", "-test")
+    x_tr, y_tr, classes, names = read_split(train_path, "train")
+    x_te, y_te, _, test_names = read_split(test_path, "test")
+    assert x_tr.shape == (9, 8, 8, 3) and x_te.shape == (9, 8, 8, 3) and x_tr.dtype == np.uint8
+    assert classes.tolist() == [0, 1, 2] and names == test_names == ["a", "b", "c"]
+    assert np.bincount(y_tr).tolist() == np.bincount(y_te).tolist() == [3, 3, 3]
+
+    mtimes = [p.stat().st_mtime_ns for p in (train_path, test_path)]
+    again = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
+    assert again == (train_path, test_path)
+    assert [p.stat().st_mtime_ns for p in again] == mtimes  # unchanged source: reused
+
+    Image.new("RGB", (30, 20), "red").save(root / "c" / "extra.BMP")
+    image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
+    assert len(read_split(train_path, "train")[0]) + len(read_split(test_path, "test")[0]) == 19
+
+    other = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=1)
+    assert other[0] != train_path  # different parameters: different files
+    assert len(list(out.iterdir())) == 4
+
+
+def test_image_folder_resize_and_numeric_class_order(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for name in ("10", "9", "2"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (30, 20), (int(name) * 20, 0, 0)).save(root / name / f"{i}.png")
+    Image.new("L", (30, 20), 128).save(root / "2" / "gray.png")  # converted to RGB
+    train_path, test_path = image_folder_to_h5(
+        root, tmp_path, image_size=5, test_fraction=0.4, seed=0
+    )
+    x, y, _, names = read_split(train_path, "train")
+    assert names == ["2", "9", "10"]
+    assert x.shape[1:] == (5, 5, 3)
+    x_all = np.concatenate([x, read_split(test_path, "test")[0]])
+    y_all = np.concatenate([y, read_split(test_path, "test")[1]])
+    for image, label in zip(x_all, y_all, strict=True):
+        if image[0, 0, 1] == 128:  # the gray image
+            assert (image == 128).all()
+        else:  # a uniform colour survives resizing exactly
+            assert (image[..., 0] == int(names[label]) * 20).all() and (image[..., 1:] == 0).all()
+
+
+def test_image_folder_test_root(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "train", per_class=4)
+    test_root = make_image_folder(tmp_path / "test", per_class=2, seed=1)
+    train_path, test_path = image_folder_to_h5(
+        root, tmp_path / "out", image_size=6, test_fraction=0.5, seed=0, test_root=test_root
+    )
+    x_tr, y_tr, _, _ = read_split(train_path, "train")
+    x_te, y_te, _, names = read_split(test_path, "test")
+    assert len(x_tr) == 12 and len(x_te) == 6 and names == ["a", "b", "c"]
+    assert np.bincount(y_te).tolist() == [2, 2, 2]
+
+
+def test_image_folder_mismatched_test_root(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "train", per_class=2)
+    test_root = make_image_folder(tmp_path / "test", classes=("a", "b", "d"), per_class=2)
+    with pytest.raises(
+        ValueError, match=r"missing in test_root \['c'\], extra in test_root \['d'\]"
+    ):
+        image_folder_to_h5(
+            root, tmp_path, image_size=4, test_fraction=0.5, seed=0, test_root=test_root
+        )
+
+
+def test_image_folder_missing_root_and_no_classes(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
+        image_folder_to_h5(tmp_path / "absent", tmp_path, image_size=4, test_fraction=0.5, seed=0)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"flat: no class folders"):
+        image_folder_to_h5(tmp_path / "flat", tmp_path, image_size=4, test_fraction=0.5, seed=0)
+
+
+def test_image_folder_empty_class(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "src", per_class=2)
+    (root / "empty").mkdir()
+    (root / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"class folder .*src/empty is empty"):
+        image_folder_to_h5(root, tmp_path, image_size=4, test_fraction=0.5, seed=0)
+
+
+def test_image_folder_unreadable_image(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "src", per_class=2)
+    (root / "b" / "broken.jpg").write_bytes(b"definitely not a JPEG")
+    with pytest.raises(ValueError, match=r"cannot read image .*src/b/broken\.jpg"):
+        image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_real_sign_language_digits(tmp_path: Path) -> None:
+    if not SIGN_DIGITS.is_dir():
+        pytest.skip(f"sign-language-digits folder not found; looked for {SIGN_DIGITS}")
+    train_path, test_path = image_folder_to_h5(
+        SIGN_DIGITS, tmp_path, image_size=32, test_fraction=0.15, seed=0
+    )
+    x_tr, y_tr, classes, names = read_split(train_path, "train")
+    x_te, y_te, _, _ = read_split(test_path, "test")
+    assert names == [str(c) for c in range(10)] and classes.tolist() == list(range(10))
+    assert len(x_tr) + len(x_te) == 1752 and x_tr.shape[1:] == (32, 32, 3)
+    assert abs(len(x_te) / 1752 - 0.15) < 0.005
+    share = np.bincount(y_te, minlength=10) / (np.bincount(y_te) + np.bincount(y_tr))
+    np.testing.assert_allclose(share, 0.15, atol=0.01)
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def test_split_validation_stratified_and_deterministic() -> None:
+    x, y = small_split(m=60, K=3)
+    train, val = split_validation(x, y, val_fraction=0.2, seed=5)
+    assert isinstance(train, Split) and len(train) == 48 and len(val) == 12
+    assert np.bincount(val.y).tolist() == [4, 4, 4]
+    again = split_validation(x, y, val_fraction=0.2, seed=5)[1]
+    np.testing.assert_array_equal(again.x, val.x)
+    other = split_validation(x, y, val_fraction=0.2, seed=6)[1]
+    assert not np.array_equal(other.x, val.x)
+    # every example lands in exactly one split, with its own label
+    rows = {bytes(row): label for row, label in zip(x, y, strict=True)}
+    seen = [bytes(row) for row in np.concatenate([train.x, val.x])]
+    assert sorted(seen) == sorted(rows)
+    assert all(rows[bytes(r)] == lab for r, lab in zip(train.x, train.y, strict=True))
+
+
+def test_split_validation_zero_and_bad_fraction() -> None:
+    x, y = small_split()
+    train, val = split_validation(x, y, val_fraction=0, seed=0)
+    assert len(train) == 12 and len(val) == 0 and val.x.shape == (0, 5, 4, 3)
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
+            split_validation(x, y, val_fraction=bad, seed=0)
+
+
+# --------------------------------------------------------------------------- load_dataset
+
+
+def test_load_dataset_digits(tmp_path: Path) -> None:
+    train_path, test_path = digits_to_h5(tmp_path, seed=0, test_fraction=0.2)
+    ds = load_dataset(
+        name="digits", train_path=train_path, test_path=test_path, val_fraction=0.1, seed=0
+    )
+    assert isinstance(ds, Dataset) and ds.name == "digits"
+    assert ds.image_shape == (8, 8, 1) and ds.num_classes == 10
+    assert ds.class_names == [str(c) for c in range(10)]
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    assert len(ds.test) == 360 and abs(len(ds.val) - 144) <= 1
+    assert ds.train.x.dtype == np.uint8 and ds.val.y.dtype == np.int64
+    assert set(np.unique(ds.val.y)) == set(range(10))
+
+
+def test_load_dataset_files_disagree(tmp_path: Path) -> None:
+    x, y = small_split()
+    train_path = write_split(tmp_path / "tr.h5", "train", x, y, np.arange(3))
+    test_path = write_split(tmp_path / "te.h5", "test", x, y, np.array([0, 1, 5]))
+    with pytest.raises(ValueError, match=r"tr\.h5 and test file .*te\.h5 disagree on the classes"):
+        load_dataset(name="t", train_path=train_path, test_path=test_path, val_fraction=0, seed=0)
+    test_path = write_split(tmp_path / "te.h5", "test", x[:, :4], y, np.arange(3))
+    with pytest.raises(ValueError, match=r"image shape .*\(5, 4, 3\) vs \(4, 4, 3\)"):
+        load_dataset(name="t", train_path=train_path, test_path=test_path, val_fraction=0, seed=0)
