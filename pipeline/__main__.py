@@ -29,8 +29,7 @@ log = logging.getLogger("pipeline")
 
 
 def say(message: str) -> None:
-    """A stage summary: printed, and in the run's log file."""
-    print(message, flush=True)
+    """A stage summary: on the console and in the run's log file (Hydra's job logging)."""
     log.info(message)
 
 

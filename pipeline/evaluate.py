@@ -1,0 +1,144 @@
+"""The evaluate stage: test metrics, a classification report and plots.
+
+Plots are drawn on ``matplotlib.figure.Figure`` objects and saved with ``savefig``, which
+renders PNG with the Agg canvas; pyplot is never imported, so no GUI backend is selected,
+no global state is touched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+
+from layers.base import check_positive_int
+from layers.losses import SoftmaxCrossEntropy
+from layers.network import Network
+from pipeline.dataset import Split
+from pipeline.train import History, loss_and_predictions
+
+
+def evaluate(
+    net: Network,
+    loss_fn: SoftmaxCrossEntropy,
+    test: Split,
+    class_names: list[str],
+    history: History | None,
+    out_dir: Path,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Evaluate ``net`` on the test split and write the results to ``out_dir``.
+
+    test: x (m, n_H, n_W, n_C) in the network dtype, y (m,) labels in ``[0, K)`` with
+    ``K = len(class_names)``, the network's number of outputs. The network runs with
+    ``training=False`` in batches of ``batch_size``.
+
+    Writes ``metrics.json`` (the returned dict), ``classification_report.txt``,
+    ``confusion_matrix.png`` and, if ``history`` has records, ``learning_curve.png``.
+    The metrics: ``test_loss``, ``test_accuracy``, ``num_examples``, ``class_names``,
+    ``per_class`` ``{name: {precision, recall, f1, support}}``, ``macro_avg``
+    ``{precision, recall, f1}`` and ``confusion_matrix`` (K lists of K counts; row = true
+    class, column = predicted class). Classes never predicted or absent get 0, not an error.
+    """
+    batch_size = check_positive_int("evaluate", "batch_size", batch_size)
+    K = len(class_names)
+    if net.output_shape != (K,):
+        raise ValueError(
+            f"evaluate: the network outputs shape {net.output_shape}, "
+            f"but there are {K} class names {class_names}"
+        )
+    if len(test) == 0 or len(test.x) != len(test.y):
+        raise ValueError(
+            f"evaluate: the test split needs as many images as labels, at least one; "
+            f"got {len(test.x)} images, {len(test.y)} labels"
+        )
+    loss, pred = loss_and_predictions(net, loss_fn, test, batch_size)
+    y, labels = test.y, list(range(K))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    cm = confusion_matrix(y, pred, labels=labels)  # (K, K) counts, rows = true class
+    metrics: dict[str, Any] = {
+        "test_loss": float(loss),
+        "test_accuracy": float(np.mean(pred == y)),
+        "num_examples": len(y),
+        "class_names": list(class_names),
+        "per_class": {
+            name: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
+            for k, name in enumerate(class_names)
+        },
+        "macro_avg": {
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+    report = classification_report(
+        y, pred, labels=labels, target_names=class_names, digits=4, zero_division=0
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "classification_report.txt").write_text(
+        f"test loss {metrics['test_loss']:.4f}  accuracy {metrics['test_accuracy']:.4f}  "
+        f"({len(y)} examples)\n\n{report}"
+    )
+    plot_confusion_matrix(cm, class_names, out_dir / "confusion_matrix.png")
+    if history is not None and history.records:
+        plot_learning_curve(history, out_dir / "learning_curve.png")
+    return metrics
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Save the (K, K) count matrix ``cm`` (rows = true, columns = predicted) as a PNG."""
+    K = len(class_names)
+    size = 2.5 + 0.6 * K
+    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax)
+    ticks = np.arange(K)
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix ({int(cm.sum())} examples)")
+    threshold = cm.max() / 2
+    for i in range(K):
+        for j in range(K):
+            color = "white" if cm[i, j] > threshold else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
+    fig.savefig(path, dpi=100)
+
+
+def plot_learning_curve(history: History, path: Path) -> None:
+    """Save loss and accuracy per epoch (train and, if any, validation) as a PNG, with the
+    best epoch marked."""
+    cols = history.as_columns()
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        ax.plot(cols["epoch"], cols[f"train_{metric}"], "o-", label="train")
+        val = [np.nan if v is None else v for v in cols[f"val_{metric}"]]
+        if not np.all(np.isnan(val)):
+            ax.plot(cols["epoch"], val, "o-", label="validation")
+        if history.best_epoch is not None:
+            ax.axvline(history.best_epoch, color="gray", ls="--", label="best epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("stopped early" if history.stopped_early else "learning curve")
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,413 @@
+"""The train stage: mini-batch training with a learning-rate schedule, early stopping on
+validation accuracy, and a checkpoint every epoch from which a run resumes exactly.
+
+Epochs are numbered from 1 in records, logs and errors (``EpochRecord.epoch`` is the number
+of epochs done); a schedule maps the 0-based epoch index ``epoch - 1`` to a learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from layers.base import check_positive_int
+from layers.losses import SoftmaxCrossEntropy
+from layers.network import Network
+from layers.optim import Optimizer
+from pipeline.dataset import Split
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+
+
+def make_schedule(
+    name: str,
+    lr: float,
+    *,
+    decay_rate: float = 0.1,
+    decay_every: int = 10,
+    epochs: int = 1,
+    warmup_epochs: int = 0,
+) -> Callable[[int], float]:
+    """A learning-rate schedule: 0-based epoch index -> learning rate.
+
+    After ``warmup_epochs`` epochs of linear warm-up (``lr * (e + 1) / (warmup_epochs + 1)``
+    at epoch e), the schedule runs on ``t = e - warmup_epochs``:
+
+    - ``"constant"``: ``lr``
+    - ``"step"``: ``lr * decay_rate ** (t // decay_every)``
+    - ``"exponential"``: ``lr * decay_rate ** t``
+    - ``"cosine"``: ``lr * (1 + cos(pi * t / T)) / 2`` with ``T = epochs - warmup_epochs``,
+      from ``lr`` down to 0 at epoch ``epochs`` (so every epoch of the run has lr > 0).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"schedule {name!r}: lr must be a finite number > 0, got {lr!r}")
+    if not (math.isfinite(decay_rate) and decay_rate > 0):
+        raise ValueError(f"schedule {name!r}: decay_rate must be > 0, got {decay_rate!r}")
+    decay_every = check_positive_int(f"schedule {name!r}", "decay_every", decay_every)
+    epochs = check_positive_int(f"schedule {name!r}", "epochs", epochs)
+    if not (isinstance(warmup_epochs, int) and 0 <= warmup_epochs < epochs):
+        raise ValueError(
+            f"schedule {name!r}: warmup_epochs must be an integer in [0, epochs={epochs}), "
+            f"got {warmup_epochs!r}"
+        )
+    span = epochs - warmup_epochs  # cosine: epochs after warm-up
+
+    def schedule(epoch: int) -> float:
+        if epoch < 0:
+            raise ValueError(f"schedule {name!r}: epoch must be >= 0, got {epoch}")
+        if epoch < warmup_epochs:
+            return lr * (epoch + 1) / (warmup_epochs + 1)
+        t = epoch - warmup_epochs
+        if name == "step":
+            return lr * decay_rate ** (t // decay_every)
+        if name == "exponential":
+            return lr * decay_rate**t
+        if name == "cosine":
+            return lr * 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
+        return lr
+
+    return schedule
+
+
+@dataclass
+class EpochRecord:
+    """The metrics of one epoch. ``epoch`` counts from 1; the val metrics are None when the
+    validation split is empty. Losses and accuracies are means over the examples."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    epoch_seconds: float
+    lr: float
+
+
+@dataclass
+class History:
+    """Every epoch's record, the epoch with the best validation accuracy (the first one if
+    tied; None without validation data) and whether early stopping ended the run."""
+
+    records: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``records`` is a list of dicts)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        """The inverse of ``to_dict``."""
+        return cls(**{**d, "records": [EpochRecord(**r) for r in d["records"]]})
+
+    def as_columns(self) -> dict[str, list[Any]]:
+        """``{"epoch": [1, 2, ...], "train_loss": [...], ...}``: one list per record field."""
+        return {f.name: [getattr(r, f.name) for r in self.records] for f in fields(EpochRecord)}
+
+
+def loss_and_predictions(
+    net: Network,
+    loss_fn: SoftmaxCrossEntropy,
+    data: Split,
+    batch_size: int,
+    where: str = "evaluate",
+) -> tuple[float, np.ndarray]:
+    """Evaluate ``net`` (``training=False``) on a non-empty split, in batches.
+
+    Returns the mean loss over the examples (each batch weighted by its size) and the
+    predicted labels (m,) int64. Non-finite outputs raise FloatingPointError naming
+    ``where`` and the batch.
+    """
+    total, preds = 0.0, []
+    n_batches = math.ceil(len(data) / batch_size)
+    for b in range(n_batches):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        xb, yb = data.x[rows], data.y[rows]
+        logits = net.forward(xb, training=False)  # (b, K)
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(
+                f"{where}: non-finite network output (NaN or inf) in batch {b + 1} of {n_batches}"
+            )
+        total += loss_fn.forward(logits, yb) * len(yb)
+        preds.append(logits.argmax(axis=1))
+    return total / len(data), np.concatenate(preds)
+
+
+def train(
+    net: Network,
+    optimizer: Optimizer,
+    loss_fn: SoftmaxCrossEntropy,
+    train: Split,
+    val: Split,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    out_dir: Path,
+    schedule: Callable[[int], float],
+    patience: int = 0,
+    resume: Path | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> History:
+    """Train the built ``net`` for up to ``epochs`` epochs; return the history.
+
+    train, val: x (m, n_H, n_W, n_C) in the network dtype (normalized), y (m,) int labels.
+    Every epoch sets ``optimizer.lr = schedule(epoch - 1)``, shuffles the training set with
+    one permutation from ``np.random.default_rng(seed)`` and runs forward (training=True),
+    loss, backward and ``optimizer.step`` per mini-batch; then evaluates on ``val``
+    (training=False), logs a one-line summary and saves ``out_dir/checkpoints/last.npz``.
+
+    At the end the network holds the weights of the epoch with the best validation accuracy
+    (not necessarily the last epoch), whether or not the run stopped early. With an empty
+    ``val`` there is no validation: val metrics are None and the last weights are kept.
+
+    patience: stop when the validation accuracy has not improved for this many epochs
+    (0 = never stop early; > 0 needs a non-empty ``val``). resume: a ``last.npz`` of an
+    earlier run with the same network, optimizer, seed, batch size and training set; the
+    run continues from it and ends with the same weights and history (except the timings)
+    as a run that was never interrupted. on_epoch_end: called with each new record after
+    its checkpoint is written. A non-finite loss raises FloatingPointError naming the epoch
+    and batch.
+    """
+    epochs = check_positive_int("train", "epochs", epochs)
+    batch_size = check_positive_int("train", "batch_size", batch_size)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"train: patience must be an integer >= 0, got {patience!r}")
+    for label, split in (("train", train), ("val", val)):
+        if len(split.x) != len(split.y):
+            raise ValueError(f"train: {label} has {len(split.x)} images, {len(split.y)} labels")
+    if len(train) == 0:
+        raise ValueError("train: the training split is empty")
+    if patience > 0 and len(val) == 0:
+        raise ValueError("train: early stopping (patience > 0) needs a non-empty val split")
+
+    ckpt = Path(out_dir) / "checkpoints" / "last.npz"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "num_train": len(train),
+        "optimizer": type(optimizer).__name__,
+    }
+    rng = np.random.default_rng(seed)  # shuffling only; layers draw from their own rng
+    history, best = History(), None  # best: copies of the best-val-accuracy parameters
+    if resume is not None:
+        history, best = _load_checkpoint(Path(resume), net, optimizer, rng, config)
+        log.info("resumed from %s after epoch %d", resume, len(history.records))
+        for r in history.records:  # a new schedule is allowed, but it is not the same run
+            if schedule(r.epoch - 1) != r.lr:
+                log.warning(
+                    "resume: the schedule gives epoch %d lr %g, the saved run used %g: the "
+                    "result will differ from an uninterrupted run",
+                    r.epoch,
+                    schedule(r.epoch - 1),
+                    r.lr,
+                )
+                break
+
+    m = len(train)
+    for epoch in range(len(history.records) + 1, epochs + 1):
+        if history.stopped_early:
+            break
+        start = time.perf_counter()
+        optimizer.lr = schedule(epoch - 1)
+        perm = rng.permutation(m)
+        loss_sum, correct = _train_epoch(
+            net, optimizer, loss_fn, train, perm, batch_size, (epoch, epochs), progress
+        )
+
+        val_loss = val_acc = None
+        if len(val):
+            where = f"train: validation after epoch {epoch}"
+            val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
+            val_acc = float(np.mean(preds == val.y))
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=loss_sum / m,
+            train_accuracy=correct / m,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            epoch_seconds=time.perf_counter() - start,
+            lr=optimizer.lr,
+        )
+        history.records.append(record)
+        if val_acc is not None and (best is None or val_acc > history.best_val_accuracy):
+            history.best_epoch, history.best_val_accuracy = epoch, val_acc
+            best = {k: p.copy() for k, p in net.params.items()}
+        if patience and epoch - history.best_epoch >= patience and epoch < epochs:
+            history.stopped_early = True
+        log.info(_summary(record, epochs))
+        _save_checkpoint(ckpt, net, optimizer, rng, history, best, config)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    if history.stopped_early:
+        log.info("early stopping: no val accuracy gain in the last %d epochs", patience)
+    if best is not None:
+        for k, p in net.params.items():
+            p[...] = best[k]
+        log.info("restored the weights of the best epoch, %d", history.best_epoch)
+    return history
+
+
+def _train_epoch(
+    net: Network,
+    optimizer: Optimizer,
+    loss_fn: SoftmaxCrossEntropy,
+    data: Split,
+    perm: np.ndarray,
+    batch_size: int,
+    epoch_of: tuple[int, int],
+    progress: bool,
+) -> tuple[float, int]:
+    """One pass over ``data`` in the order ``perm`` (m,) with a progress bar; return the
+    summed loss (each batch mean times its size) and the number of correct training-mode
+    predictions. ``epoch_of``: (this epoch, number of epochs), for the bar and errors."""
+    epoch, epochs = epoch_of
+    loss_sum, correct, seen = 0.0, 0, 0
+    n_batches = math.ceil(len(perm) / batch_size)
+    desc = f"epoch {epoch}/{epochs}"
+    disable = None if progress else True  # None: shown only on a terminal
+    with tqdm(total=n_batches, desc=desc, unit="batch", leave=False, disable=disable) as bar:
+        for b in range(n_batches):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            xb, yb = data.x[idx], data.y[idx]
+            logits = net.forward(xb, training=True)  # (b, K)
+            loss = loss_fn.forward(logits, yb) if np.isfinite(logits).all() else math.nan
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"train: non-finite loss (NaN or inf) at epoch {epoch}, batch {b + 1} of "
+                    f"{n_batches} (lr={optimizer.lr:g}): training diverged; "
+                    "try a lower learning rate"
+                )
+            net.backward(loss_fn.backward())
+            optimizer.step(net.params, net.grads)
+            loss_sum += loss * len(yb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            seen += len(yb)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+            bar.update()
+    return loss_sum, correct
+
+
+def _summary(r: EpochRecord, epochs: int) -> str:
+    """``epoch 3/10  loss 0.4123  acc 0.8750  val_loss 0.5012  val_acc 0.8333  2.1s  lr 0.001``"""
+    val = "" if r.val_loss is None else f"  val_loss {r.val_loss:.4f}  val_acc {r.val_accuracy:.4f}"
+    return (
+        f"epoch {r.epoch}/{epochs}  loss {r.train_loss:.4f}  acc {r.train_accuracy:.4f}{val}"
+        f"  {r.epoch_seconds:.2f}s  lr {r.lr:.3g}"
+    )
+
+
+# -- checkpoints --------------------------------------------------------------------------
+# last.npz holds arrays "param/<name>" (the current weights), "best/<name>" (the best
+# weights, if any), "optim/<key>" (optimizer.state_dict()) and "state", a JSON string with
+# the history, the generator states (shuffling and every layer's ``rng``) and the config.
+
+
+def _layer_rngs(net: Network) -> dict[str, np.random.Generator]:
+    """The generators the layers draw from (Dropout, RandomShift): ``{layer name: rng}``."""
+    return {
+        str(layer.name): layer.rng
+        for layer in net
+        if isinstance(getattr(layer, "rng", None), np.random.Generator)
+    }
+
+
+def _save_checkpoint(
+    path: Path,
+    net: Network,
+    optimizer: Optimizer,
+    rng: np.random.Generator,
+    history: History,
+    best: dict[str, np.ndarray] | None,
+    config: dict[str, Any],
+) -> None:
+    """Write the checkpoint atomically: to ``<path>.tmp``, then ``os.replace``."""
+    state = {
+        "config": config,
+        "history": history.to_dict(),
+        "shuffle_rng": rng.bit_generator.state,
+        "layer_rngs": {k: g.bit_generator.state for k, g in _layer_rngs(net).items()},
+    }
+    arrays = {f"param/{k}": p for k, p in net.params.items()}
+    arrays.update({f"best/{k}": p for k, p in (best or {}).items()})
+    arrays.update({f"optim/{k}": a for k, a in optimizer.state_dict().items()})
+    arrays["state"] = np.array(json.dumps(state))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(
+    path: Path,
+    net: Network,
+    optimizer: Optimizer,
+    rng: np.random.Generator,
+    config: dict[str, Any],
+) -> tuple[History, dict[str, np.ndarray] | None]:
+    """Restore weights, optimizer and generator states from ``path`` into the arguments;
+    return the history and the best weights. Everything is checked before anything is
+    changed; a mismatch raises a ValueError."""
+    with np.load(path) as f:
+        found = {k: f[k] for k in f.files}
+    groups: dict[str, dict[str, np.ndarray]] = {"param": {}, "best": {}, "optim": {}}
+    for key, a in found.items():
+        group, _, name = key.partition("/")
+        groups.get(group, {})[name] = a
+    if "state" not in found:
+        raise ValueError(
+            f"cannot resume from {path}: not a training checkpoint (no 'state' entry; "
+            "a file from Network.save holds weights only)"
+        )
+    state = json.loads(str(found["state"]))
+
+    params, saved = net.params, groups["param"]
+    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+    wrong = [
+        f"{k}: expected {params[k].shape}, found {saved[k].shape}"
+        for k in sorted(set(params) & set(saved))
+        if params[k].shape != saved[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"cannot load {path} into this network: missing {missing}; "
+            f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
+        )
+    changed = {k: (v, config[k]) for k, v in state["config"].items() if config.get(k) != v}
+    if changed:
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"cannot resume from {path}: the run differs from the saved one ({diffs})")
+    layer_rngs = _layer_rngs(net)
+    if set(layer_rngs) != set(state["layer_rngs"]):
+        raise ValueError(
+            f"cannot resume from {path}: layers with a generator differ, saved "
+            f"{sorted(state['layer_rngs'])}, this network {sorted(layer_rngs)}"
+        )
+
+    optimizer.load_state_dict(groups["optim"])
+    for k, p in params.items():
+        p[...] = saved[k]  # in place: the layers and the optimizer keep their references
+    rng.bit_generator.state = state["shuffle_rng"]
+    for name, g in layer_rngs.items():  # layers may share one generator: same state anyway
+        g.bit_generator.state = state["layer_rngs"][name]
+    best = {k: a.astype(net.dtype) for k, a in groups["best"].items()} or None
+    return History.from_dict(state["history"]), best

@@ -1,0 +1,82 @@
+"""``python -m pipeline`` end to end: the stages run in order on the embedded digits data,
+write their files into Hydra's output directory, and the same seed gives the same metrics.
+Also from outside the repository, where the configs come from the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    tmp_path: Path, *overrides: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    args = [
+        sys.executable, "-m", "pipeline",
+        f"data.cache_dir={tmp_path / 'data'}", "trainer.progress=false", *overrides,
+    ]
+    return subprocess.run(
+        args, cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cli")
+    out = tmp_path / "run"
+    proc = run_cli(tmp_path, "trainer.epochs=3", f"hydra.run.dir={out}")
+    return proc, out
+
+
+def test_stages_print_one_line_each_and_a_final_test_accuracy(digits_run):
+    proc, _ = digits_run
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] + "]" for line in lines] == [
+        "[load]", "[normalize]", "[train]", "[evaluate]"
+    ]
+    final = proc.stdout.strip().splitlines()[-1]
+    assert final.startswith("test accuracy: ")
+    assert float(final.split(": ")[1]) > 0.8  # 3 epochs on digits
+
+
+def test_the_run_writes_its_files_into_the_hydra_output_directory(digits_run):
+    _, out = digits_run
+    for name in ("weights.npz", "normalizer.json", "metrics.json", "confusion_matrix.png",
+                 "learning_curve.png", "checkpoints/last.npz", ".hydra/config.yaml"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"test_accuracy", "test_loss"} <= set(metrics)
+
+
+def test_same_config_and_seed_give_identical_metrics(digits_run, tmp_path):
+    _, out = digits_run
+    out2 = tmp_path / "again"
+    proc = run_cli(tmp_path, "trainer.epochs=3", f"hydra.run.dir={out2}")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads((out / "metrics.json").read_text())
+    second = json.loads((out2 / "metrics.json").read_text())
+    assert first == second
+
+
+def test_bad_config_fails_before_reading_data_naming_the_key(tmp_path):
+    proc = run_cli(tmp_path, "model.conv1.stride=-1", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert proc.returncode != 0
+    assert "model.conv1.stride must be >= 1" in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was read or generated
+
+
+def test_runs_from_outside_the_repository(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli(tmp_path, "trainer.epochs=1", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert list((elsewhere / "outputs").glob("*/*/metrics.json"))
