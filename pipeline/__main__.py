@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import make_optimizer
-from pipeline import evaluate, load, train
+from pipeline import evaluate, imagefolder, load, train
 from pipeline.dataset import Dataset, Split
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
@@ -39,7 +39,7 @@ def data_files(cfg: DictConfig) -> tuple[Path, Path]:
     if d.name == "digits":
         return load.digits_to_h5(Path(d.cache_dir), seed=cfg.seed, test_fraction=d.test_fraction)
     if d.name == "image_folder":
-        return load.image_folder_to_h5(
+        return imagefolder.image_folder_to_h5(
             Path(d.root),
             Path(d.cache_dir),
             image_size=d.image_size,

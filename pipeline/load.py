@@ -8,11 +8,13 @@ Every data set flows through a pair of HDF5 files laid out like the SIGNS course
 plus an optional ``class_names`` (K,) dataset of UTF-8 strings. Labels are stored as class
 VALUES (members of ``list_classes``); in memory they are INDICES into it (``0 .. K-1``).
 
-Sources converted into that layout (written once, then reused while unchanged):
+``read_split`` / ``write_split`` read and write one split of that layout; ``attrs_match``,
+``check_fraction`` and ``stratified_split`` are shared with the converters. Sources
+converted into that layout (written once, then reused while unchanged):
 
-- ``digits_to_h5``: scikit-learn's bundled 8x8 digits (no download), 1 channel.
-- ``image_folder_to_h5``: an image folder ``ROOT/<class name>/<image>``, e.g.
-  ``../shared/data/sign-language-digits``.
+- ``digits_to_h5`` (here): scikit-learn's bundled 8x8 digits (no download), 1 channel.
+- ``pipeline.imagefolder.image_folder_to_h5``: an image folder
+  ``ROOT/<class name>/<image>``, e.g. ``../shared/data/sign-language-digits``.
 
 ``load_dataset`` reads a train and a test file into a ``Dataset`` (x stays uint8;
 normalization is the next stage).
@@ -20,32 +22,21 @@ normalization is the next stage).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from pipeline.dataset import Dataset, Split
 
 PathLike = str | os.PathLike[str]
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
-# LANCZOS: windowed-sinc filter, antialiased when shrinking (100 -> 64 or 32 pixels), so fine
-# detail is averaged rather than aliased; it costs little more than BILINEAR here.
-RESAMPLE = Image.Resampling.LANCZOS
 FORMAT_VERSION = 1  # bump to force regeneration of converted files after a format change
-DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _keys(split: str) -> tuple[str, str]:
@@ -54,7 +45,9 @@ def _keys(split: str) -> tuple[str, str]:
     return f"{split}_set_x", f"{split}_set_y"
 
 
-def _check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """value as a float if it is a number in (0, 1) ([0, 1) with allow_zero), else a
+    ValueError naming ``name``."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     low_ok = ok and (value >= 0 if allow_zero else value > 0)
     if not (low_ok and value < 1):
@@ -63,7 +56,7 @@ def _check_fraction(name: str, value: float, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
-def _stratified_split(
+def stratified_split(
     y: np.ndarray, fraction: float, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)`` of a stratified, seeded split of labels y (m,)."""
@@ -253,7 +246,7 @@ def write_split(
     return path
 
 
-def _attrs_match(paths: Sequence[Path], expected: dict[str, Any]) -> bool:
+def attrs_match(paths: Sequence[Path], expected: dict[str, Any]) -> bool:
     """Whether every file exists, is readable and carries exactly these attribute values."""
     try:
         for path in paths:
@@ -266,7 +259,7 @@ def _attrs_match(paths: Sequence[Path], expected: dict[str, Any]) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- digits
 
 
 def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Path, Path]:
@@ -281,7 +274,7 @@ def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Pa
     Returns:
         ``(train_path, test_path)``, absolute.
     """
-    test_fraction = _check_fraction("test_fraction", test_fraction)
+    test_fraction = check_fraction("test_fraction", test_fraction)
     out_dir = Path(out_dir).absolute()
     paths = (out_dir / "digits_train.h5", out_dir / "digits_test.h5")
     attrs = {
@@ -290,7 +283,7 @@ def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Pa
         "test_fraction": test_fraction,
         "format_version": FORMAT_VERSION,
     }
-    if _attrs_match(paths, attrs):
+    if attrs_match(paths, attrs):
         return paths
 
     from sklearn.datasets import load_digits  # slow import; only needed to (re)build
@@ -298,161 +291,10 @@ def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Pa
     digits = load_digits()
     x = np.rint(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]
     y = digits.target.astype(np.int64)
-    train_idx, test_idx = _stratified_split(y, test_fraction, int(seed), "train/test")
+    train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
     classes = np.arange(10, dtype=np.int64)
     for path, split, idx in zip(paths, SPLITS, (train_idx, test_idx), strict=True):
         write_split(path, split, x[idx], y[idx], classes, attrs=attrs)
-    return paths
-
-
-def _class_folders(root: Path) -> list[Path]:
-    """Non-hidden subfolders of root, sorted numerically when all names are integers."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found (or not a directory): {root}")
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if not folders:
-        raise ValueError(
-            f"{root}: no class folders (expected the layout ROOT/<class name>/<image>)"
-        )
-    if all(re.fullmatch(r"-?\d+", p.name) for p in folders):
-        return sorted(folders, key=lambda p: (int(p.name), p.name))
-    return sorted(folders, key=lambda p: p.name)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Sorted non-hidden image files directly in folder; error when there are none."""
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise ValueError(
-            f"class folder {folder} is empty: no images with extensions "
-            f"{sorted(IMAGE_EXTENSIONS)} (hidden and other files are ignored)"
-        )
-    return files
-
-
-def _scan(root: Path) -> tuple[list[str], list[list[Path]]]:
-    folders = _class_folders(root)
-    return [p.name for p in folders], [_image_files(p) for p in folders]
-
-
-def _fingerprint(roots: Sequence[Path], files: Sequence[Sequence[Sequence[Path]]]) -> str:
-    """Hash of each image's path relative to its root, size and modification time."""
-    digest = hashlib.sha256()
-    for tag, (root, per_class) in enumerate(zip(roots, files, strict=True)):
-        for path in (p for class_files in per_class for p in class_files):
-            stat = path.stat()
-            line = f"{tag}|{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n"
-            digest.update(line.encode())
-    return digest.hexdigest()
-
-
-def _decode(path: Path, image_size: int) -> np.ndarray:
-    """One image as (image_size, image_size, 3) uint8 RGB."""
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((image_size, image_size), RESAMPLE)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def _decode_all(
-    per_class: Sequence[Sequence[Path]], image_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images (m, image_size, image_size, 3) uint8 and class indices (m,) int64."""
-    files = [p for class_files in per_class for p in class_files]
-    y = np.repeat(np.arange(len(per_class)), [len(c) for c in per_class]).astype(np.int64)
-    with ThreadPoolExecutor(DECODE_WORKERS) as pool:  # Pillow decodes outside the GIL
-        return np.stack(list(pool.map(partial(_decode, image_size=image_size), files))), y
-
-
-def image_folder_to_h5(
-    root: PathLike,
-    out_dir: PathLike,
-    image_size: int,
-    test_fraction: float,
-    seed: int,
-    test_root: PathLike | None = None,
-) -> tuple[Path, Path]:
-    """Convert an image folder ``ROOT/<class name>/<image>`` into a train and a test file.
-
-    Each image is converted to RGB and resized to (image_size, image_size) with LANCZOS
-    (antialiased when shrinking, e.g. 100 -> 64). Classes are the non-hidden subfolders,
-    sorted (numerically when all names are integers, so "10" comes after "9");
-    ``list_classes`` is ``0 .. K-1`` and ``class_names`` the folder names. Only files with
-    the extensions .jpg .jpeg .png .bmp .gif (any case) are read; hidden and other files
-    are ignored, and a folder without images is an error.
-
-    Without ``test_root`` the images are split into train and test, stratified and seeded.
-    With ``test_root`` (same layout and class folders) that folder is the test set, no
-    split is made and ``test_fraction`` and ``seed`` are unused.
-
-    The files, ``imagefolder-<hash>-{train,test}.h5`` in out_dir (hash of the absolute
-    roots and the parameters), are reused while a fingerprint of the source images (their
-    relative paths, sizes and modification times) is unchanged, rebuilt otherwise.
-
-    Returns:
-        ``(train_path, test_path)``, absolute.
-    """
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, (int, np.integer))
-        or (image_size < 1)
-    ):
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    root = Path(root).absolute()
-    test_dir = None if test_root is None else Path(test_root).absolute()
-    if test_dir is None:
-        test_fraction = _check_fraction("test_fraction", test_fraction)
-
-    names, files = _scan(root)
-    roots, all_files = [root], [files]
-    if test_dir is not None:
-        test_names, test_files = _scan(test_dir)
-        if test_names != names:
-            raise ValueError(
-                f"class folders of test_root {test_dir} differ from those of root {root}: "
-                f"missing in test_root {sorted(set(names) - set(test_names))}, "
-                f"extra in test_root {sorted(set(test_names) - set(names))}"
-            )
-        roots.append(test_dir)
-        all_files.append(test_files)
-
-    params = json.dumps(
-        {
-            "root": str(root),
-            "test_root": None if test_dir is None else str(test_dir),
-            "image_size": int(image_size),
-            "test_fraction": None if test_dir is not None else test_fraction,
-            "seed": None if test_dir is not None else int(seed),
-            "format_version": FORMAT_VERSION,
-        },
-        sort_keys=True,
-    )
-    tag = hashlib.sha256(params.encode()).hexdigest()[:12]
-    out_dir = Path(out_dir).absolute()
-    paths = (out_dir / f"imagefolder-{tag}-train.h5", out_dir / f"imagefolder-{tag}-test.h5")
-    attrs = {
-        "params": params,
-        "fingerprint": _fingerprint(roots, all_files),
-        "resample": RESAMPLE.name,
-    }
-    if _attrs_match(paths, attrs):
-        return paths
-
-    classes = np.arange(len(names), dtype=np.int64)
-    x, y = _decode_all(files, int(image_size))
-    if test_dir is None:
-        train_idx, test_idx = _stratified_split(y, test_fraction, int(seed), "train/test")
-        splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
-    else:
-        splits = ((x, y), _decode_all(all_files[1], int(image_size)))
-    for path, split, (xs, ys) in zip(paths, SPLITS, splits, strict=True):
-        write_split(path, split, xs, ys, classes, names, attrs=attrs)
     return paths
 
 
@@ -474,12 +316,12 @@ def split_validation(
     Returns:
         ``(train, val)``.
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction, allow_zero=True)
+    val_fraction = check_fraction("val_fraction", val_fraction, allow_zero=True)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels")
     if val_fraction == 0:
         return Split(x, y), Split(x[:0], y[:0])
-    train_idx, val_idx = _stratified_split(y, val_fraction, int(seed), "validation")
+    train_idx, val_idx = stratified_split(y, val_fraction, int(seed), "validation")
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 

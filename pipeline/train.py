@@ -1,5 +1,6 @@
 """The train stage: mini-batch training with a learning-rate schedule, early stopping on
-validation accuracy, and a checkpoint every epoch from which a run resumes exactly.
+validation accuracy, and a checkpoint every epoch (written and read by
+``pipeline.checkpoint``) from which a run resumes exactly.
 
 Epochs are numbered from 1 in records, logs and errors (``EpochRecord.epoch`` is the number
 of epochs done); a schedule maps the 0-based epoch index ``epoch - 1`` to a learning rate.
@@ -7,10 +8,8 @@ of epochs done); a schedule maps the 0-based epoch index ``epoch - 1`` to a lear
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +23,7 @@ from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Optimizer
+from pipeline.checkpoint import checkpoint_path, load_checkpoint, resume_config, save_checkpoint
 from pipeline.dataset import Split
 
 log = logging.getLogger(__name__)
@@ -198,18 +198,13 @@ def train(
     if patience > 0 and len(val) == 0:
         raise ValueError("train: early stopping (patience > 0) needs a non-empty val split")
 
-    ckpt = Path(out_dir) / "checkpoints" / "last.npz"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "seed": int(seed),
-        "batch_size": batch_size,
-        "num_train": len(train),
-        "optimizer": type(optimizer).__name__,
-    }
+    ckpt = checkpoint_path(Path(out_dir))
+    config = resume_config(seed, batch_size, len(train), optimizer)
     rng = np.random.default_rng(seed)  # shuffling only; layers draw from their own rng
     history, best = History(), None  # best: copies of the best-val-accuracy parameters
     if resume is not None:
-        history, best = _load_checkpoint(Path(resume), net, optimizer, rng, config)
+        saved, best = load_checkpoint(Path(resume), net, optimizer, rng, config)
+        history = History.from_dict(saved)
         log.info("resumed from %s after epoch %d", resume, len(history.records))
         for r in history.records:  # a new schedule is allowed, but it is not the same run
             if schedule(r.epoch - 1) != r.lr:
@@ -254,7 +249,7 @@ def train(
         if patience and epoch - history.best_epoch >= patience and epoch < epochs:
             history.stopped_early = True
         log.info(_summary(record, epochs))
-        _save_checkpoint(ckpt, net, optimizer, rng, history, best, config)
+        save_checkpoint(ckpt, net, optimizer, rng, history.to_dict(), best, config)
         if on_epoch_end is not None:
             on_epoch_end(record)
 
@@ -314,100 +309,3 @@ def _summary(r: EpochRecord, epochs: int) -> str:
         f"epoch {r.epoch}/{epochs}  loss {r.train_loss:.4f}  acc {r.train_accuracy:.4f}{val}"
         f"  {r.epoch_seconds:.2f}s  lr {r.lr:.3g}"
     )
-
-
-# -- checkpoints --------------------------------------------------------------------------
-# last.npz holds arrays "param/<name>" (the current weights), "best/<name>" (the best
-# weights, if any), "optim/<key>" (optimizer.state_dict()) and "state", a JSON string with
-# the history, the generator states (shuffling and every layer's ``rng``) and the config.
-
-
-def _layer_rngs(net: Network) -> dict[str, np.random.Generator]:
-    """The generators the layers draw from (Dropout, RandomShift): ``{layer name: rng}``."""
-    return {
-        str(layer.name): layer.rng
-        for layer in net
-        if isinstance(getattr(layer, "rng", None), np.random.Generator)
-    }
-
-
-def _save_checkpoint(
-    path: Path,
-    net: Network,
-    optimizer: Optimizer,
-    rng: np.random.Generator,
-    history: History,
-    best: dict[str, np.ndarray] | None,
-    config: dict[str, Any],
-) -> None:
-    """Write the checkpoint atomically: to ``<path>.tmp``, then ``os.replace``."""
-    state = {
-        "config": config,
-        "history": history.to_dict(),
-        "shuffle_rng": rng.bit_generator.state,
-        "layer_rngs": {k: g.bit_generator.state for k, g in _layer_rngs(net).items()},
-    }
-    arrays = {f"param/{k}": p for k, p in net.params.items()}
-    arrays.update({f"best/{k}": p for k, p in (best or {}).items()})
-    arrays.update({f"optim/{k}": a for k, a in optimizer.state_dict().items()})
-    arrays["state"] = np.array(json.dumps(state))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(
-    path: Path,
-    net: Network,
-    optimizer: Optimizer,
-    rng: np.random.Generator,
-    config: dict[str, Any],
-) -> tuple[History, dict[str, np.ndarray] | None]:
-    """Restore weights, optimizer and generator states from ``path`` into the arguments;
-    return the history and the best weights. Everything is checked before anything is
-    changed; a mismatch raises a ValueError."""
-    with np.load(path) as f:
-        found = {k: f[k] for k in f.files}
-    groups: dict[str, dict[str, np.ndarray]] = {"param": {}, "best": {}, "optim": {}}
-    for key, a in found.items():
-        group, _, name = key.partition("/")
-        groups.get(group, {})[name] = a
-    if "state" not in found:
-        raise ValueError(
-            f"cannot resume from {path}: not a training checkpoint (no 'state' entry; "
-            "a file from Network.save holds weights only)"
-        )
-    state = json.loads(str(found["state"]))
-
-    params, saved = net.params, groups["param"]
-    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-    wrong = [
-        f"{k}: expected {params[k].shape}, found {saved[k].shape}"
-        for k in sorted(set(params) & set(saved))
-        if params[k].shape != saved[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"cannot load {path} into this network: missing {missing}; "
-            f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
-        )
-    changed = {k: (v, config[k]) for k, v in state["config"].items() if config.get(k) != v}
-    if changed:
-        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"cannot resume from {path}: the run differs from the saved one ({diffs})")
-    layer_rngs = _layer_rngs(net)
-    if set(layer_rngs) != set(state["layer_rngs"]):
-        raise ValueError(
-            f"cannot resume from {path}: layers with a generator differ, saved "
-            f"{sorted(state['layer_rngs'])}, this network {sorted(layer_rngs)}"
-        )
-
-    optimizer.load_state_dict(groups["optim"])
-    for k, p in params.items():
-        p[...] = saved[k]  # in place: the layers and the optimizer keep their references
-    rng.bit_generator.state = state["shuffle_rng"]
-    for name, g in layer_rngs.items():  # layers may share one generator: same state anyway
-        g.bit_generator.state = state["layer_rngs"][name]
-    best = {k: a.astype(net.dtype) for k, a in groups["best"].items()} or None
-    return History.from_dict(state["history"]), best

@@ -1,4 +1,5 @@
-"""Tests of pipeline.load: the SIGNS HDF5 layout, its validation, and the converted sources."""
+"""Tests of pipeline.load: the SIGNS HDF5 layout, its validation, the digits source, the
+validation split and load_dataset."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline.dataset import Dataset, Split
 from pipeline.load import (
     digits_to_h5,
-    image_folder_to_h5,
     load_dataset,
     read_split,
     split_validation,
@@ -22,7 +21,6 @@ from pipeline.load import (
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIGNS_TEST = SHARED / "signs" / "test_signs.h5"
-SIGN_DIGITS = SHARED / "sign-language-digits"
 
 
 def small_split(m: int = 12, K: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,20 +35,6 @@ def write_raw(path: Path, **datasets: np.ndarray) -> Path:
         for key, value in datasets.items():
             f.create_dataset(key, data=value)
     return path
-
-
-def make_image_folder(
-    root: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 6, seed: int = 0
-) -> Path:
-    """root/<class>/img<i>.jpg: random 20x30 (H x W) RGB images, the first of each a PNG."""
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-            suffix = ".png" if i == 0 else ".jpg"
-            Image.fromarray(pixels).save(root / name / f"img{i}{suffix}")
-    return root
 
 
 # --------------------------------------------------------------------------- read / write
@@ -212,124 +196,6 @@ def test_digits_reused_then_regenerated(tmp_path: Path) -> None:
 def test_digits_bad_fraction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"test_fraction must be a number in \(0, 1\)"):
         digits_to_h5(tmp_path, seed=0, test_fraction=1.0)
-
-
-# --------------------------------------------------------------------------- image folder
-
-
-def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "src")
-    (root / "a" / ".DS_Store").write_bytes(b"\0junk")
-    (root / "b" / "notes.txt").write_text("not an image")
-    (root / ".hidden").mkdir()
-    (root / "LICENSE").write_text("a file beside the class folders")
-    out = tmp_path / "out"
-    train_path, test_path = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
-    assert train_path.name.startswith("imagefolder-") and train_path.name.endswith("-train.h5")
-    assert test_path.name == train_path.name.replace("-train", "-test")
-    x_tr, y_tr, classes, names = read_split(train_path, "train")
-    x_te, y_te, _, test_names = read_split(test_path, "test")
-    assert x_tr.shape == (9, 8, 8, 3) and x_te.shape == (9, 8, 8, 3) and x_tr.dtype == np.uint8
-    assert classes.tolist() == [0, 1, 2] and names == test_names == ["a", "b", "c"]
-    assert np.bincount(y_tr).tolist() == np.bincount(y_te).tolist() == [3, 3, 3]
-
-    mtimes = [p.stat().st_mtime_ns for p in (train_path, test_path)]
-    again = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
-    assert again == (train_path, test_path)
-    assert [p.stat().st_mtime_ns for p in again] == mtimes  # unchanged source: reused
-
-    Image.new("RGB", (30, 20), "red").save(root / "c" / "extra.BMP")
-    image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
-    assert len(read_split(train_path, "train")[0]) + len(read_split(test_path, "test")[0]) == 19
-
-    other = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=1)
-    assert other[0] != train_path  # different parameters: different files
-    assert len(list(out.iterdir())) == 4
-
-
-def test_image_folder_resize_and_numeric_class_order(tmp_path: Path) -> None:
-    root = tmp_path / "src"
-    for name in ("10", "9", "2"):
-        (root / name).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (30, 20), (int(name) * 20, 0, 0)).save(root / name / f"{i}.png")
-    Image.new("L", (30, 20), 128).save(root / "2" / "gray.png")  # converted to RGB
-    train_path, test_path = image_folder_to_h5(
-        root, tmp_path, image_size=5, test_fraction=0.4, seed=0
-    )
-    x, y, _, names = read_split(train_path, "train")
-    assert names == ["2", "9", "10"]
-    assert x.shape[1:] == (5, 5, 3)
-    x_all = np.concatenate([x, read_split(test_path, "test")[0]])
-    y_all = np.concatenate([y, read_split(test_path, "test")[1]])
-    for image, label in zip(x_all, y_all, strict=True):
-        if image[0, 0, 1] == 128:  # the gray image
-            assert (image == 128).all()
-        else:  # a uniform colour survives resizing exactly
-            assert (image[..., 0] == int(names[label]) * 20).all() and (image[..., 1:] == 0).all()
-
-
-def test_image_folder_test_root(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "train", per_class=4)
-    test_root = make_image_folder(tmp_path / "test", per_class=2, seed=1)
-    train_path, test_path = image_folder_to_h5(
-        root, tmp_path / "out", image_size=6, test_fraction=0.5, seed=0, test_root=test_root
-    )
-    x_tr, y_tr, _, _ = read_split(train_path, "train")
-    x_te, y_te, _, names = read_split(test_path, "test")
-    assert len(x_tr) == 12 and len(x_te) == 6 and names == ["a", "b", "c"]
-    assert np.bincount(y_te).tolist() == [2, 2, 2]
-
-
-def test_image_folder_mismatched_test_root(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "train", per_class=2)
-    test_root = make_image_folder(tmp_path / "test", classes=("a", "b", "d"), per_class=2)
-    with pytest.raises(
-        ValueError, match=r"missing in test_root \['c'\], extra in test_root \['d'\]"
-    ):
-        image_folder_to_h5(
-            root, tmp_path, image_size=4, test_fraction=0.5, seed=0, test_root=test_root
-        )
-
-
-def test_image_folder_missing_root_and_no_classes(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
-        image_folder_to_h5(tmp_path / "absent", tmp_path, image_size=4, test_fraction=0.5, seed=0)
-    (tmp_path / "flat").mkdir()
-    (tmp_path / "flat" / "x.png").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"flat: no class folders"):
-        image_folder_to_h5(tmp_path / "flat", tmp_path, image_size=4, test_fraction=0.5, seed=0)
-
-
-def test_image_folder_empty_class(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "src", per_class=2)
-    (root / "empty").mkdir()
-    (root / "empty" / "readme.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"class folder .*src/empty is empty"):
-        image_folder_to_h5(root, tmp_path, image_size=4, test_fraction=0.5, seed=0)
-
-
-def test_image_folder_unreadable_image(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "src", per_class=2)
-    (root / "b" / "broken.jpg").write_bytes(b"definitely not a JPEG")
-    with pytest.raises(ValueError, match=r"cannot read image .*src/b/broken\.jpg"):
-        image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)
-    assert not (tmp_path / "out").exists()  # nothing half-written
-
-
-def test_real_sign_language_digits(tmp_path: Path) -> None:
-    if not SIGN_DIGITS.is_dir():
-        pytest.skip(f"sign-language-digits folder not found; looked for {SIGN_DIGITS}")
-    train_path, test_path = image_folder_to_h5(
-        SIGN_DIGITS, tmp_path, image_size=32, test_fraction=0.15, seed=0
-    )
-    x_tr, y_tr, classes, names = read_split(train_path, "train")
-    x_te, y_te, _, _ = read_split(test_path, "test")
-    assert names == [str(c) for c in range(10)] and classes.tolist() == list(range(10))
-    assert len(x_tr) + len(x_te) == 1752 and x_tr.shape[1:] == (32, 32, 3)
-    assert abs(len(x_te) / 1752 - 0.15) < 0.005
-    share = np.bincount(y_te, minlength=10) / (np.bincount(y_te) + np.bincount(y_tr))
-    np.testing.assert_allclose(share, 0.15, atol=0.01)
 
 
 # --------------------------------------------------------------------------- validation split
