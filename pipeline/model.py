@@ -13,17 +13,20 @@ from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.network import Network
 from layers.pool import Pool2D
-from pipeline.schemas import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec, ShiftSpec
+from pipeline.schemas import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec
 
 
 def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
     """The layers of ``spec`` in order, named after their config keys.
 
-    A ReLU follows each conv and hidden dense layer that asks for one (``conv1_relu``); a
+    With ``augment_shift > 0`` a RandomShift (training only) comes first. A ReLU follows
+    each conv and hidden dense layer that asks for one (``conv1_relu``); a
     Flatten goes before the first dense layer; a final Dense ``logits`` with one unit per
     class ends the network.
     """
     layers: list[Layer] = []
+    if spec.augment_shift > 0:
+        layers.append(RandomShift(spec.augment_shift, name="augment_shift"))
     flat = False
 
     def flatten() -> None:
@@ -43,8 +46,6 @@ def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
             layer = Dense(s.units, name=name)
         elif isinstance(s, DropoutSpec):
             layer = Dropout(s.rate, name=name)
-        elif isinstance(s, ShiftSpec):
-            layer = RandomShift(s.max_shift, name=name)
         else:  # validate_model only returns the kinds above
             raise TypeError(f"unknown layer spec {s!r}")
         layers.append(layer)

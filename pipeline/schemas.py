@@ -72,7 +72,7 @@ class AdamConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 64
     lr_schedule: str = "constant"  # constant | step | exponential | cosine
     lr_decay_rate: float = 0.1
@@ -123,11 +123,6 @@ class DropoutSpec:
     rate: float = MISSING
 
 
-@dataclass
-class ShiftSpec:
-    max_shift: int = MISSING  # random shifts of up to this many pixels, training only
-
-
 OPTIMIZER_SCHEMAS: dict[str, type] = {
     "sgd": SGDConfig, "momentum": MomentumConfig, "adam": AdamConfig,
 }
@@ -137,9 +132,8 @@ LAYER_SPECS: dict[str, type] = {
     "pool": PoolSpec,
     "dense": DenseSpec,
     "dropout": DropoutSpec,
-    "shift": ShiftSpec,
 }
-MODEL_KEYS = ("name", "pool_mode")
+MODEL_KEYS = ("name", "pool_mode", "augment_shift")
 POOL_MODES = ("max", "average")
 
 
@@ -149,6 +143,7 @@ class ModelSpec:
 
     name: str
     pool_mode: str
+    augment_shift: int  # training-time random shifts of up to this many pixels; 0 = off
     layers: list[tuple[str, Any]]
 
 
@@ -214,8 +209,6 @@ def _layer_spec(name: str, node: Any) -> Any:
         _require(spec.units >= 1, f"{key}.units", "must be >= 1", spec.units)
     elif kind == "dropout":
         _require(0.0 <= spec.rate < 1.0, f"{key}.rate", "must be in [0, 1)", spec.rate)
-    elif kind == "shift":
-        _require(spec.max_shift >= 0, f"{key}.max_shift", "must be >= 0", spec.max_shift)
     return spec
 
 
@@ -226,12 +219,18 @@ def validate_model(model: DictConfig) -> ModelSpec:
     pool_mode = model.get("pool_mode", "max")
     _require(pool_mode in POOL_MODES, "model.pool_mode", f"must be one of {POOL_MODES}",
              pool_mode)
+    shift = model.get("augment_shift", 0)
+    _require(isinstance(shift, int) and not isinstance(shift, bool) and shift >= 0,
+             "model.augment_shift", "must be an int >= 0", shift)
     layers = [
         (str(name), _layer_spec(str(name), node))
         for name, node in model.items()
         if name not in MODEL_KEYS
     ]
-    return ModelSpec(name=str(model.get("name", "model")), pool_mode=pool_mode, layers=layers)
+    return ModelSpec(
+        name=str(model.get("name", "model")), pool_mode=pool_mode, augment_shift=shift,
+        layers=layers,
+    )
 
 
 def validate(cfg: DictConfig) -> ModelSpec:
