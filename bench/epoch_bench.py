@@ -183,7 +183,10 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"load average (1 min) before the run: {load:.2f}")
     if load >= 0.5:
-        print("WARNING: other processes are using the CPUs; timings can be inflated")
+        print(
+            "WARNING: other processes are using the CPUs; multi-threaded timings (NumPy BLAS"
+            " and torch) can be inflated by waiting for a busy core: compare with --threads 1"
+        )
     print(f"\n== {spec.name}: {net.num_params():,} params, augmentation off ==")
     print(" -> ".join(layer.name for layer in net.layers))
     print(

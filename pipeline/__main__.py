@@ -21,6 +21,7 @@ from layers.losses import SoftmaxCrossEntropy
 from layers.optim import make_optimizer
 from pipeline import evaluate, imagefolder, load, train
 from pipeline.dataset import Dataset, Split
+from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import register_configs, validate
@@ -85,7 +86,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         classes=data.classes,
         class_names=data.class_names,
     )
-    normalizer.save(out_dir / "normalizer.json")
+    normalizer.save(out_dir / NORMALIZER_FILE)
     say(f"[normalize] {d.normalize}, {dtype}")
 
     net = build_network(spec, input_shape, data.num_classes, seed=cfg.seed, dtype=dtype)
@@ -105,7 +106,8 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         schedule=schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
     )
-    net.save(str(out_dir / "weights.npz"))
+    net.save(str(out_dir / WEIGHTS_FILE))
+    save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)
     best = history.best_val_accuracy
     say(
         f"[train] {spec.name} ({net.num_params():,} params), {len(history.records)} epochs "

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +20,11 @@ def run_cli(
     tmp_path: Path, *overrides: str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m (multirun) goes first
     args = [
-        sys.executable, "-m", "pipeline",
-        f"data.cache_dir={tmp_path / 'data'}", "trainer.progress=false", *overrides,
+        sys.executable, "-m", "pipeline", *flags,
+        f"data.cache_dir={tmp_path / 'data'}", "trainer.progress=false",
+        *(o for o in overrides if not o.startswith("-")),
     ]
     return subprocess.run(
         args, cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -80,3 +83,48 @@ def test_runs_from_outside_the_repository(tmp_path):
     proc = run_cli(tmp_path, "trainer.epochs=1", cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert list((elsewhere / "outputs").glob("*/*/metrics.json"))
+
+
+def test_predictor_classifies_raw_uint8_images_like_the_evaluation(digits_run, tmp_path):
+    from pipeline.inference import Predictor
+    from pipeline.load import read_split
+
+    _, out = digits_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    x, y, classes, _ = read_split(next(tmp_path.parent.glob("cli*/data/digits_test.h5")),
+                                  "test")
+    predictor = Predictor.from_run_dir(out)
+    labels = predictor.predict(x)  # raw uint8 in, class values out
+    assert labels.dtype == np.int64 and set(labels) <= set(classes)
+    assert np.mean(labels == classes[y]) == pytest.approx(metrics["test_accuracy"])
+    with pytest.raises(ValueError, match="expected uint8 images of shape"):
+        predictor.predict(x[:, :4])
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    straight, first = tmp_path / "straight", tmp_path / "first"
+    assert run_cli(tmp_path, "trainer.epochs=4", f"hydra.run.dir={straight}").returncode == 0
+    assert run_cli(tmp_path, "trainer.epochs=2", f"hydra.run.dir={first}").returncode == 0
+    proc = run_cli(
+        tmp_path, "trainer.epochs=4", f"trainer.resume={first / 'checkpoints' / 'last.npz'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    a = np.load(straight / "weights.npz")
+    b = np.load(tmp_path / "resumed" / "weights.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert json.loads((straight / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "resumed" / "metrics.json").read_text()
+    )
+
+
+def test_multirun_sweeps_the_pool_mode(tmp_path):
+    proc = run_cli(
+        tmp_path, "-m", "model.pool_mode=max,average", "trainer.epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy: ") == 2
+    assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2

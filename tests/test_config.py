@@ -122,3 +122,22 @@ def test_a_layer_stack_too_deep_for_the_images_fails_before_reading_data():
     spec = validate(make_cfg("model=signs_cnn"))
     with pytest.raises(ValueError, match=r"Pool2D 'pool2'.*on input 1x1x16.*would be"):
         build_network(spec, (8, 8, 1), 10, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "model", "params"),
+    [("sign_digits_small", "signs_cnn", 1_570), ("sign_digits_deep", "deep_cnn", 361_002)],
+)
+def test_photograph_experiments_compose_and_build_on_64x64(experiment, model, params):
+    cfg = make_cfg(f"+experiment={experiment}")
+    assert cfg.data.name == "image_folder" and cfg.data.root.endswith("sign-language-digits")
+    spec = validate(cfg)
+    assert spec.name == model and spec.augment_shift > 0
+    net = build_network(spec, (64, 64, 3), 10, seed=0)
+    assert net.num_params() == params
+    assert type(net.layers[0]).__name__ == "RandomShift"
+
+
+def test_augment_shift_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match=r"model\.augment_shift"):
+        validate(make_cfg("model.augment_shift=-1"))
