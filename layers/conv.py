@@ -5,8 +5,9 @@ Forward, for a chunk of examples::
     cols = im2col(A_pad)                       # (c*n_H*n_W, f*f*n_C_prev)
     Z    = cols @ W.reshape(-1, n_C) + b       # (c*n_H*n_W, n_C)
 
-Backward recomputes ``cols`` chunk by chunk (cheaper than keeping it, and memory stays
-bounded) and uses::
+In training, backward reuses the im2col matrix that forward built when it is small enough
+(``KEEP_COLS_BYTES``), and otherwise recomputes it chunk by chunk so memory stays
+bounded; then::
 
     dW      += cols.T @ dZ                     # (f*f*n_C_prev, n_C)
     dcols    = dZ @ W[i, j].T  for each (i, j) # (f*f, c*n_H*n_W, n_C_prev)
@@ -35,6 +36,9 @@ from layers.im2col import (
 # Bytes of im2col buffer per chunk: big enough for efficient matrix products, small
 # enough to stay in cache and keep memory bounded for any batch size.
 CHUNK_BYTES = 8 * 2**20
+# In training, a whole batch's im2col matrix up to this size is kept from forward for
+# backward; larger ones are recomputed chunk by chunk, so memory stays bounded.
+KEEP_COLS_BYTES = 64 * 2**20
 
 
 class Conv2D(Layer):
@@ -70,6 +74,7 @@ class Conv2D(Layer):
         if not pad_ok:
             raise ValueError(f"{label}: pad must be an int >= 0, 'same' or 'valid', got {pad!r}")
         self.pad: int | str = pad if isinstance(pad, str) else int(pad)
+        self._kept_buf: np.ndarray | None = None  # im2col matrix kept for backward
 
     def config(self) -> dict[str, Any]:
         return {"filters": self.filters, "f": self.f, "stride": self.stride, "pad": self.pad}
@@ -126,19 +131,29 @@ class Conv2D(Layer):
         Z = np.empty((m, n_H, n_W, n_C), dtype=self.dtype)
         Z_flat = Z.reshape(m * n_H * n_W, n_C)  # a view: rows are (example, h, w)
         chunk = self._chunk(n_H * n_W, n_C_prev)
-        buf = np.empty(min(chunk, m) * n_H * n_W * f * f * n_C_prev, dtype=self.dtype)
+        row_size = n_H * n_W * f * f * n_C_prev  # im2col elements per example
+        keep = training and m * row_size * self.dtype.itemsize <= KEEP_COLS_BYTES
+        if keep:  # one batch-sized buffer, reused from call to call (no fresh pages)
+            kept = self._kept_buf
+            if kept is None or kept.shape != (m * row_size,) or kept.dtype != self.dtype:
+                self._kept_buf = np.empty(m * row_size, dtype=self.dtype)
+            buf = self._kept_buf
+        else:
+            buf = np.empty(min(chunk, m) * row_size, dtype=self.dtype)
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
-            cols = im2col(A_pad[start:stop], f, s, out=buf)  # (c*n_H*n_W, f*f*n_C_prev)
+            out = buf[start * row_size :] if keep else buf
+            cols = im2col(A_pad[start:stop], f, s, out=out)  # (c*n_H*n_W, f*f*n_C_prev)
             Z_chunk = Z_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
             np.matmul(cols, W_flat, out=Z_chunk)
             Z_chunk += b  # while the chunk is still in cache
-        self.cache = (X.shape, A_pad)
+        kept = buf.reshape(m * n_H * n_W, f * f * n_C_prev) if keep else None
+        self.cache = (X.shape, A_pad, kept)
         return Z
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """From dZ (m, n_H, n_W, n_C): fill ``grads["W"]``, ``grads["b"]``; return dA_prev."""
-        x_shape, A_pad = self.cache
+        x_shape, A_pad, kept_cols = self.cache
         m, n_H_prev, n_W_prev, n_C_prev = x_shape
         n_H, n_W, n_C = dout.shape[1:]
         f, s = self.f, self.stride
@@ -153,13 +168,20 @@ class Conv2D(Layer):
         db = np.zeros(n_C, dtype=self.dtype)
         dA_pad = np.zeros_like(A_pad) if input_grad else None
         chunk = self._chunk(n_H * n_W, n_C_prev)
-        buf = np.empty(min(chunk, m) * n_H * n_W * f * f * n_C_prev, dtype=self.dtype)
+        buf = None if kept_cols is not None else np.empty(
+            min(chunk, m) * n_H * n_W * f * f * n_C_prev, dtype=self.dtype
+        )
+        ones = np.ones(min(chunk, m) * n_H * n_W, dtype=self.dtype)  # db as a product: fast
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
-            dZ_chunk = dZ_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
-            cols = im2col(A_pad[start:stop], f, s, out=buf)  # (c*n_H*n_W, f*f*n_C_prev)
+            rows = slice(start * n_H * n_W, stop * n_H * n_W)
+            dZ_chunk = dZ_flat[rows]  # (c*n_H*n_W, n_C)
+            if kept_cols is not None:
+                cols = kept_cols[rows]  # (c*n_H*n_W, f*f*n_C_prev), kept from forward
+            else:
+                cols = im2col(A_pad[start:stop], f, s, out=buf)
             dW += cols.T @ dZ_chunk
-            db += dZ_chunk.sum(axis=0)
+            db += ones[: len(dZ_chunk)] @ dZ_chunk
             if dA_pad is not None:
                 dcols = np.matmul(dZ_chunk, W_offsets)  # (f*f, c*n_H*n_W, n_C_prev)
                 col2im_add(dA_pad[start:stop], dcols, f, s, n_H, n_W)

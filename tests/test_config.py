@@ -70,6 +70,11 @@ def test_short_overrides_reach_layer_hyperparameters():
 def test_model_layers_follow_the_config_order():
     spec = validate(make_cfg("model=signs_cnn", "data=signs"))
     names = [layer.name for layer in model_layers(spec, 6)]
+    # each ReLU sits after the max-pool that follows its conv (the same function, cheaper)
+    assert names == ["conv1", "pool1", "conv1_relu", "conv2", "pool2", "conv2_relu",
+                     "flatten", "logits"]
+    spec = validate(make_cfg("model=signs_cnn", "data=signs", "model.pool_mode=average"))
+    names = [layer.name for layer in model_layers(spec, 6)]
     assert names == ["conv1", "conv1_relu", "pool1", "conv2", "conv2_relu", "pool2",
                      "flatten", "logits"]
 
