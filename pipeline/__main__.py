@@ -9,7 +9,9 @@ sweepers can optimise it.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -24,9 +26,15 @@ from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
-from pipeline.schemas import register_configs, validate
+from pipeline.schemas import ModelSpec, register_configs, validate
+from pipeline.tracking import Tracker, tracked_run
 
 log = logging.getLogger("pipeline")
+
+
+def metric_name(text: str) -> str:
+    """``text`` with the characters MLflow does not allow in metric names replaced."""
+    return re.sub(r"[^\w\-. /]", "_", text)
 
 
 def say(message: str) -> None:
@@ -51,15 +59,25 @@ def data_files(cfg: DictConfig) -> tuple[Path, Path]:
     return Path(d.train_path), Path(d.test_path)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> float:
-    """Run every stage for a composed config; return the best validation accuracy."""
+def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> float:
+    """Run every stage for a composed config, as one tracked run (unless
+    ``tracking.enabled=false``); return the best validation accuracy."""
     spec = validate(cfg)
-    dtype = np.dtype(cfg.dtype)
     d = cfg.data
     input_shape = (d.image_size, d.image_size, d.channels)
     # Geometry is checked before any data is read: a layer stack that does not fit fails here.
-    build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=dtype)
+    build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"dataset": d.name, "overrides": " ".join(overrides), "output_dir": str(out_dir)}
+    with tracked_run(cfg, out_dir, tags) as tracker:
+        return stages(cfg, spec, out_dir, tracker)
 
+
+def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) -> float:
+    """load -> normalize -> train -> evaluate; returns the best validation accuracy."""
+    dtype = np.dtype(cfg.dtype)
+    d = cfg.data
+    input_shape = (d.image_size, d.image_size, d.channels)
     t0 = time.perf_counter()
     train_path, test_path = data_files(cfg)
     data = load.load_dataset(
@@ -105,6 +123,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         epochs=t.epochs, batch_size=t.batch_size, seed=cfg.seed, out_dir=out_dir,
         schedule=schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
+        on_epoch_end=tracker.log_epoch,
     )
     net.save(str(out_dir / WEIGHTS_FILE))
     save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)
@@ -116,6 +135,13 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     )
 
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
+    tracker.log_metrics(
+        {"test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"]}
+        | {f"test_f1_{metric_name(k)}": v["f1"] for k, v in metrics["per_class"].items()}
+    )
+    tracker.flush()
+    tracker.log_artifacts(out_dir)
+    tracker.log_model(out_dir)
     say(f"[evaluate] test loss {metrics['test_loss']:.4f}, written to {out_dir}")
     say(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return float(best if best is not None else metrics["test_accuracy"])
@@ -126,7 +152,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    return run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)
 
 
 if __name__ == "__main__":

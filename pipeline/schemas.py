@@ -84,6 +84,13 @@ class TrainerConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True  # false: no MLflow at all (the output directory is still written)
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlflow.db
+    experiment: str | None = None  # default: pipeline-<data.name>
+
+
+@dataclass
 class Config:
     seed: int = 0
     dtype: str = "float32"  # float32 | float64
@@ -91,6 +98,7 @@ class Config:
     model: Any = MISSING  # named layers, checked by validate_model
     optimizer: Any = MISSING  # one of the optimizer schemas
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # -- model layers ----------------------------------------------------------------------------
@@ -242,10 +250,11 @@ def validate(cfg: DictConfig) -> ModelSpec:
     optimizer_schema = OPTIMIZER_SCHEMAS.get(o.get("name"))
     _require(optimizer_schema is not None, "optimizer.name",
              f"must be one of {sorted(OPTIMIZER_SCHEMAS)}", o.get("name"))
-    top = {k: v for k, v in cfg.items() if k not in ("data", "model", "optimizer", "trainer")}
+    top = {k: v for k, v in cfg.items()
+           if k not in ("data", "model", "optimizer", "trainer", "tracking")}
     for key, node, schema in (
         ("", top, Config), ("data", d, DataConfig), ("trainer", t, TrainerConfig),
-        ("optimizer", o, optimizer_schema),
+        ("optimizer", o, optimizer_schema), ("tracking", cfg.tracking, TrackingConfig),
     ):
         _check_keys(key, node, schema)
     _require(cfg.dtype in ("float32", "float64"), "dtype", "must be float32 or float64",

@@ -24,6 +24,7 @@ def run_cli(
     args = [
         sys.executable, "-m", "pipeline", *flags,
         f"data.cache_dir={tmp_path / 'data'}", "trainer.progress=false",
+        "tracking.enabled=false",  # MLflow is tested in test_tracking.py
         *(o for o in overrides if not o.startswith("-")),
     ]
     return subprocess.run(

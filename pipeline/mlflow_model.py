@@ -1,0 +1,166 @@
+"""The trained network as an MLflow pyfunc model, written as "models from code".
+
+This file plays two roles:
+
+- **Model code.** ``log_pyfunc_model`` passes this file's path as ``python_model``; MLflow
+  copies it into the logged model and, on ``mlflow.pyfunc.load_model`` or
+  ``mlflow models serve``, runs it and takes the model given to ``set_model`` at the end.
+  No object is pickled: the model is this code plus three artifact files from the run
+  directory (``model.json``, ``weights.npz``, ``normalizer.json``), from which
+  ``CNNModel.load_context`` rebuilds a ``Predictor``.
+- **Library.** ``log_pyfunc_model(run_dir)`` logs a finished run's network into the active
+  MLflow run and returns the model URI. Importing the module only defines things (and
+  registers a ``CNNModel`` with ``set_model``, which is harmless outside logging/loading).
+
+Dependencies: the model code imports ``pipeline.inference`` (and through it ``layers``),
+so the model loads wherever this project is installed (``pip install -e .``), which is the
+case for ``mlflow.pyfunc.load_model`` and ``mlflow models serve --env-manager local`` in
+the project's environment. The code is not copied into the model (no ``code_paths``): a
+code snapshot would be prepended to ``sys.path`` at load time and could shadow the
+installed project in the loading process. ``pip_requirements`` pins the versions of the
+third-party packages the inference code needs (numpy, omegaconf, hydra-core, mlflow); it is
+given explicitly so MLflow does not infer it by loading the model in a subprocess.
+
+Input: raw images ``(m, n_H, n_W, n_C)`` uint8, as in the HDF5 files; output: class values
+``(m,)`` int64. The signature is a tensor spec, so a served request ``{"inputs": [...]}``
+(nested lists) is parsed by MLflow into a uint8 ndarray of that shape before ``predict``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature, set_model
+
+from pipeline.inference import MODEL_FILE, NORMALIZER_FILE, WEIGHTS_FILE, Predictor
+
+# Artifact key -> the file name Predictor expects in a run directory.
+ARTIFACTS = {"model_card": MODEL_FILE, "weights": WEIGHTS_FILE, "normalizer": NORMALIZER_FILE}
+REQUIREMENTS = ("mlflow", "numpy", "omegaconf", "hydra-core")
+
+
+def _pinned(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
+    """``name==version`` for the installed packages among ``names``."""
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def as_images(model_input: Any, input_shape: tuple[int, ...]) -> np.ndarray:
+    """``model_input`` as a uint8 array (m, *input_shape), or a ValueError saying why not.
+
+    Accepts an ndarray (what MLflow passes for a tensor signature), nested lists, or a
+    pandas DataFrame of such values. Non-uint8 numbers are accepted when they are whole
+    numbers in [0, 255].
+    """
+    if hasattr(model_input, "to_numpy"):  # pandas DataFrame / Series
+        model_input = model_input.to_numpy()
+    expected = f"(m, {', '.join(map(str, input_shape))})"
+    try:
+        x = np.asarray(model_input)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"expected uint8 images of shape {expected}: {err}") from err
+    if x.ndim != 1 + len(input_shape) or tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"expected uint8 images of shape {expected}, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"expected uint8 images of shape {expected}, got dtype {x.dtype}")
+    if x.size and (np.any(x < 0) or np.any(x > 255) or np.any(x != np.round(x))):
+        raise ValueError(
+            f"expected uint8 images of shape {expected}: values must be whole numbers in "
+            f"[0, 255], got {x.dtype} in [{x.min()}, {x.max()}]"
+        )
+    return x.astype(np.uint8)
+
+
+def predictor_from_files(files: dict[str, str | os.PathLike[str]]) -> Predictor:
+    """A ``Predictor`` from artifact paths keyed as in ``ARTIFACTS``.
+
+    ``Predictor.from_run_dir`` wants the three files side by side under their run-directory
+    names; they are linked (or copied) into a temporary directory, read, and the directory is
+    removed: the predictor keeps no reference to the files.
+    """
+    missing = sorted(set(ARTIFACTS) - set(files))
+    if missing:
+        raise FileNotFoundError(f"model artifacts missing: {missing}")
+    with tempfile.TemporaryDirectory(prefix="cnn-model-") as tmp:
+        for key, filename in ARTIFACTS.items():
+            src, dst = Path(files[key]).resolve(), Path(tmp) / filename
+            try:
+                dst.symlink_to(src)
+            except OSError:
+                shutil.copyfile(src, dst)
+        return Predictor.from_run_dir(tmp)
+
+
+class CNNModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of ``Predictor``: raw uint8 images in, class values (int64) out."""
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.predictor = predictor_from_files(context.artifacts)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input,  # no type hint: MLflow would validate against it instead of the signature
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        if self.predictor is None:
+            raise RuntimeError("CNNModel.predict before load_context")
+        x = as_images(model_input, self.predictor.input_shape)
+        return self.predictor.predict(x).astype(np.int64)
+
+
+def default_input_example(input_shape: tuple[int, ...]) -> np.ndarray:
+    """Two raw images (2, *input_shape) uint8: one black, one horizontal ramp 0..255."""
+    example = np.zeros((2, *input_shape), dtype=np.uint8)
+    width = input_shape[1]
+    ramp = np.linspace(0, 255, width).round().astype(np.uint8)  # (n_W,)
+    example[1] = ramp[None, :, None]
+    return example
+
+
+def log_pyfunc_model(
+    run_dir: Path | str, name: str = "model", *, input_example: np.ndarray | None = None
+) -> str:
+    """Log the network of a finished run directory as a pyfunc model; return its URI.
+
+    Must be called inside an active MLflow run (``mlflow.start_run``). The signature is
+    inferred from ``input_example`` (default: ``default_input_example``), a few raw uint8
+    images (m, n_H, n_W, n_C), and the predictions on it (int64 class values).
+    """
+    run_dir = Path(run_dir).resolve()  # the artifacts' source paths are recorded in MLmodel
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_pyfunc_model needs an active MLflow run (mlflow.start_run())")
+    predictor = Predictor.from_run_dir(run_dir)  # also checks the three files are there
+    if input_example is None:
+        input_example = default_input_example(predictor.input_shape)
+    example = as_images(input_example, predictor.input_shape)
+    signature = infer_signature(example, predictor.predict(example).astype(np.int64))
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).resolve()),
+        artifacts={key: str(run_dir / filename) for key, filename in ARTIFACTS.items()},
+        signature=signature,
+        input_example=example,
+        pip_requirements=_pinned(),
+    )
+    return info.model_uri
+
+
+set_model(CNNModel())
