@@ -19,6 +19,7 @@ The loop-based ``layers.reference.conv_forward`` / ``conv_backward`` are the spe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,17 @@ CHUNK_BYTES = 8 * 2**20
 # In training, a whole batch's im2col matrix up to this size is kept from forward for
 # backward; larger ones are recomputed chunk by chunk, so memory stays bounded.
 KEEP_COLS_BYTES = 64 * 2**20
+
+
+def add_bias(Z_flat: np.ndarray, b: np.ndarray) -> None:
+    """``Z_flat += b`` in place, for Z_flat (rows, n_C) and b (n_C,).
+
+    Rows are grouped so that NumPy's inner loop runs over ``group * n_C`` values instead of
+    ``n_C`` (several times faster for the few channels of early layers).
+    """
+    rows, n_C = Z_flat.shape
+    group = math.gcd(rows, max(1, 512 // n_C))
+    Z_flat.reshape(rows // group, group * n_C)[...] += np.tile(b, group)  # (rows/g, g*n_C)
 
 
 class Conv2D(Layer):
@@ -146,7 +158,7 @@ class Conv2D(Layer):
             cols = im2col(A_pad[start:stop], f, s, out=out)  # (c*n_H*n_W, f*f*n_C_prev)
             Z_chunk = Z_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
             np.matmul(cols, W_flat, out=Z_chunk)
-            Z_chunk += b  # while the chunk is still in cache
+            add_bias(Z_chunk, b)  # while the chunk is still in cache
         kept = buf.reshape(m * n_H * n_W, f * f * n_C_prev) if keep else None
         self.cache = (X.shape, A_pad, kept)
         return Z

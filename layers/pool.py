@@ -144,12 +144,19 @@ def _max_backward_along(
     X is the input of ``_max_along`` and out its result; returns dX shaped like X.
     """
     n_out = out.shape[axis]
-    dX = np.zeros(X.shape, dtype=dout.dtype)
+    overlap = stride < f
+    covered = stride == f and n_out * f == X.shape[axis]  # every element gets a value
+    dX = (np.empty if covered else np.zeros)(X.shape, dtype=dout.dtype)
     claimed = np.zeros(out.shape, dtype=bool)  # True once a window's gradient is routed
+    first = np.empty(out.shape, dtype=bool)
     for k in range(f):
         index = _take(axis, k, n_out, stride)
-        first = (X[index] == out) > claimed  # a maximum, and no earlier one: (eq & ~claimed)
-        _scatter(dX, index, dout * first, overlap=stride < f)
+        np.equal(X[index], out, out=first)
+        np.greater(first, claimed, out=first)  # a maximum, and no earlier one
+        if overlap:
+            dX[index] += dout * first
+        else:
+            np.multiply(dout, first, out=dX[index])
         if k < f - 1:
             claimed |= first
     return dX
