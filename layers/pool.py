@@ -87,6 +87,8 @@ class Pool2D(Layer):
         if not input_grad:
             return None
         f, s = self.f, self.stride
+        if self.mode == "max" and s >= f:  # windows do not overlap: route by index
+            return _max_backward_routed(X, Y, A, dout, f, s)
         if self.mode == "max":
             dY = _max_backward_along(Y, A, dout, HEIGHT, f, s)  # (m, n_H_prev, n_W, n_C)
             return _max_backward_along(X, Y, dY, WIDTH, f, s)
@@ -160,6 +162,46 @@ def _max_backward_along(
         if k < f - 1:
             claimed |= first
     return dX
+
+
+def _max_backward_routed(
+    X: np.ndarray, Y: np.ndarray, A: np.ndarray, dout: np.ndarray, f: int, stride: int
+) -> np.ndarray:
+    """Max-pool backward for non-overlapping windows (stride >= f), working at the size
+    of the output: find each window's first maximum, then store its gradient there.
+
+    X (m, n_H_prev, n_W_prev, n_C) is the input, Y (m, n_H_prev, n_W, n_C) its row maxima
+    (``_max_along`` over the width) and A (m, n_H, n_W, n_C) the output; dout is shaped
+    like A. Returns dX shaped like X. Each input is in at most one window, so one store
+    per window is the whole scatter.
+    """
+    m, n_H, n_W, n_C = A.shape
+    _, n_H_prev, n_W_prev, _ = X.shape
+    # i: the first row of each window whose row maximum is the window maximum
+    i = np.zeros(A.shape, dtype=np.int64)
+    found = np.zeros(A.shape, dtype=bool)
+    for k in range(f):
+        first = (Y[_take(HEIGHT, k, n_H, stride)] == A) > found
+        i += first * k
+        found |= first
+    # flat index into X of each window's row i, column 0: (m, n_H, n_W, n_C)
+    corner = (
+        ((np.arange(m)[:, None, None, None] * n_H_prev + np.arange(n_H)[:, None, None] * stride)
+         * n_W_prev + np.arange(n_W)[:, None] * stride) * n_C
+        + np.arange(n_C)
+    )
+    row_start = corner + i * (n_W_prev * n_C)
+    # j: the first column in that row holding the maximum
+    X_flat = X.reshape(-1)
+    j = np.zeros(A.shape, dtype=np.int64)
+    found[...] = False
+    for k in range(f):
+        first = (np.take(X_flat, row_start + k * n_C) == A) > found
+        j += first * k
+        found |= first
+    dX = np.zeros(X.size, dtype=dout.dtype)
+    dX[row_start + j * n_C] = dout
+    return dX.reshape(X.shape)
 
 
 def _mean_backward_along(
