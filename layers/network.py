@@ -10,6 +10,25 @@ import numpy as np
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
 
 
+def check_same_arrays(
+    expected: dict[str, np.ndarray], found: dict[str, np.ndarray], source: Any
+) -> None:
+    """Raise a ValueError listing the missing and unexpected names and the wrong shapes
+    when ``found`` (read from ``source``) does not fit a network's ``expected`` params."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [
+        f"{k}: expected {expected[k].shape}, found {found[k].shape}"
+        for k in sorted(set(expected) & set(found))
+        if expected[k].shape != found[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"cannot load {source} into this network: missing {missing}; "
+            f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
+        )
+
+
 class Network:
     """Layers run in order; every layer has a unique name.
 
@@ -143,18 +162,7 @@ class Network:
         params = self.params
         with np.load(path) as f:
             found = {k: f[k] for k in f.files}
-        missing = sorted(set(params) - set(found))
-        unexpected = sorted(set(found) - set(params))
-        wrong = [
-            f"{k}: expected {params[k].shape}, found {found[k].shape}"
-            for k in sorted(set(params) & set(found))
-            if params[k].shape != found[k].shape
-        ]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"cannot load {path} into this network: missing {missing}; "
-                f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
-            )
+        check_same_arrays(params, found, path)
         for k, p in params.items():
             p[...] = found[k].astype(self.dtype)  # in place: keeps optimizer references valid
 

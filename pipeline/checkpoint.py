@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from layers.network import Network
+from layers.network import Network, check_same_arrays
 from layers.optim import Optimizer
 
 CHECKPOINT = Path("checkpoints") / "last.npz"
@@ -120,17 +120,7 @@ def load_checkpoint(
     state = json.loads(str(found["state"]))
 
     params, saved = net.params, groups["param"]
-    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-    wrong = [
-        f"{k}: expected {params[k].shape}, found {saved[k].shape}"
-        for k in sorted(set(params) & set(saved))
-        if params[k].shape != saved[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"cannot load {path} into this network: missing {missing}; "
-            f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
-        )
+    check_same_arrays(params, saved, path)
     changed = {k: (v, config[k]) for k, v in state["config"].items() if config.get(k) != v}
     if changed:
         diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
