@@ -190,6 +190,7 @@ def tracked_run(cfg: DictConfig, out_dir: Path, tags: dict[str, str]) -> Iterato
     if not t.enabled:
         yield Tracker(None)
         return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet console
     import mlflow
     from mlflow.tracking import MlflowClient
 
