@@ -87,7 +87,7 @@ class Pool2D(Layer):
         if not input_grad:
             return None
         f, s = self.f, self.stride
-        if self.mode == "max" and s >= f:  # windows do not overlap: route by index
+        if self.mode == "max" and s >= f >= 4:  # large windows that do not overlap
             return _max_backward_routed(X, Y, A, dout, f, s)
         if self.mode == "max":
             dY = _max_backward_along(Y, A, dout, HEIGHT, f, s)  # (m, n_H_prev, n_W, n_C)
@@ -168,7 +168,8 @@ def _max_backward_routed(
     X: np.ndarray, Y: np.ndarray, A: np.ndarray, dout: np.ndarray, f: int, stride: int
 ) -> np.ndarray:
     """Max-pool backward for non-overlapping windows (stride >= f), working at the size
-    of the output: find each window's first maximum, then store its gradient there.
+    of the output: find each window's first maximum, then store its gradient there. It
+    beats ``_max_backward_along`` from f = 4 (the output is 16 times smaller than the input).
 
     X (m, n_H_prev, n_W_prev, n_C) is the input, Y (m, n_H_prev, n_W, n_C) its row maxima
     (``_max_along`` over the width) and A (m, n_H, n_W, n_C) the output; dout is shaped
