@@ -19,7 +19,7 @@ One epoch = one pass over the 1,752 images in a fresh shuffled order, in mini-ba
 cross-entropy, backward, Adam step (lr 1e-3), the loss read back as a float and the correct
 predictions counted. Validation is not part of it.
 
-* ours: ``pipeline.train._train_epoch``, the loop that ``python -m pipeline`` runs.
+* ours: ``pipeline.train.train_epoch``, the loop that ``python -m pipeline`` runs.
 * torch: the same layer stack translated layer by layer into ``nn.Sequential`` on NCHW
   tensors (Conv2D -> ZeroPad2d with our (top, bottom, left, right) padding + Conv2d, Pool2D
   -> MaxPool2d/AvgPool2d, ReLU, Dropout, Flatten, Dense -> Linear), torch's default init,
@@ -53,7 +53,7 @@ from pipeline.load import load_dataset
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import register_configs, validate
-from pipeline.train import _train_epoch
+from pipeline.train import train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"signs_cnn": 1.5}  # model: ours/torch epoch time to stay within
@@ -206,7 +206,7 @@ def main() -> None:
     for epoch in range(args.epochs + 1):  # epoch 0: warm-up, not timed
         perm = rng.permutation(len(x))
         t0 = clock()
-        loss, correct = _train_epoch(
+        loss, correct = train_epoch(
             net, opt, loss_fn, data, perm, args.batch_size, (epoch, args.epochs), progress=False
         )
         ours.append(clock() - t0)

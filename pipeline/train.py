@@ -224,7 +224,7 @@ def train(
         start = time.perf_counter()
         optimizer.lr = schedule(epoch - 1)
         perm = rng.permutation(m)
-        loss_sum, correct = _train_epoch(
+        loss_sum, correct = train_epoch(
             net, optimizer, loss_fn, train, perm, batch_size, (epoch, epochs), progress
         )
 
@@ -262,7 +262,7 @@ def train(
     return history
 
 
-def _train_epoch(
+def train_epoch(
     net: Network,
     optimizer: Optimizer,
     loss_fn: SoftmaxCrossEntropy,
