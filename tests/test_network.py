@@ -78,13 +78,8 @@ def test_summary() -> None:
 
 
 # -- gradients -------------------------------------------------------------------------------
-def test_whole_network_gradient_check() -> None:
-    net = mlp()
-    net.build(INPUT, seed=1, dtype=np.float64)
-    for k, p in net.params.items():  # non-zero biases exercise db and shift the ReLU kinks
-        if k.endswith(".b"):
-            p[...] = np.random.default_rng(2).standard_normal(p.shape) * 0.1
-    X, y = data(m=6, dtype=np.float64)
+def assert_network_gradients_match(net: Network, X: np.ndarray, y: np.ndarray) -> None:
+    """Backprop through the network and the loss equals central differences, every param."""
     loss_fn = SoftmaxCrossEntropy()
 
     def loss() -> float:
@@ -95,6 +90,16 @@ def test_whole_network_gradient_check() -> None:
     analytic = {k: g.copy() for k, g in net.grads.items()}
     for k, p in net.params.items():
         assert rel_error(analytic[k], numerical_grad(loss, p)) < 1e-6, k
+
+
+def test_whole_network_gradient_check() -> None:
+    net = mlp()
+    net.build(INPUT, seed=1, dtype=np.float64)
+    for k, p in net.params.items():  # non-zero biases exercise db and shift the ReLU kinks
+        if k.endswith(".b"):
+            p[...] = np.random.default_rng(2).standard_normal(p.shape) * 0.1
+    X, y = data(m=6, dtype=np.float64)
+    assert_network_gradients_match(net, X, y)
 
 
 @pytest.mark.parametrize("pool_mode", ["max", "average"])
@@ -117,17 +122,7 @@ def test_whole_cnn_gradient_check(pool_mode: str) -> None:
         if k.endswith(".b"):
             p[...] = rng.standard_normal(p.shape) * 0.1
     X = rng.standard_normal((3, 6, 7, 2))
-    y = np.array([0, 2, 4])
-    loss_fn = SoftmaxCrossEntropy()
-
-    def loss() -> float:
-        return loss_fn.forward(net.forward(X), y)
-
-    loss()
-    net.backward(loss_fn.backward())
-    analytic = {k: g.copy() for k, g in net.grads.items()}
-    for k, p in net.params.items():
-        assert rel_error(analytic[k], numerical_grad(loss, p)) < 1e-6, k
+    assert_network_gradients_match(net, X, np.array([0, 2, 4]))
 
 
 def test_first_layer_skips_input_gradient() -> None:
