@@ -29,6 +29,7 @@ from layers.im2col import (
     Padding,
     col2im_add,
     im2col,
+    is_valid_pad,
     output_size,
     pad_images,
     resolve_padding,
@@ -80,10 +81,7 @@ class Conv2D(Layer):
         self.filters = check_positive_int(label, "filters", filters)
         self.f = check_positive_int(label, "f", f)
         self.stride = check_positive_int(label, "stride", stride)
-        pad_ok = pad in ("same", "valid") if isinstance(pad, str) else (
-            isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0
-        )
-        if not pad_ok:
+        if not is_valid_pad(pad):
             raise ValueError(f"{label}: pad must be an int >= 0, 'same' or 'valid', got {pad!r}")
         self.pad: int | str = pad if isinstance(pad, str) else int(pad)
         self._kept_buf: np.ndarray | None = None  # im2col matrix kept for backward

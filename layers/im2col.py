@@ -42,6 +42,13 @@ def same_padding(n_in: int, f: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def is_valid_pad(pad: object) -> bool:
+    """True for the paddings a convolution accepts: an int >= 0, ``"same"`` or ``"valid"``."""
+    if isinstance(pad, str):
+        return pad in ("same", "valid")
+    return isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0
+
+
 def resolve_padding(pad: int | str, n_H: int, n_W: int, f: int, stride: int) -> Padding:
     """Turn ``pad`` (an int, ``"same"`` or ``"valid"``) into ``(top, bottom, left, right)``."""
     if pad == "valid":

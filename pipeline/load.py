@@ -45,6 +45,18 @@ def _keys(split: str) -> tuple[str, str]:
     return f"{split}_set_x", f"{split}_set_y"
 
 
+def check_classes(classes: np.ndarray, what: str) -> None:
+    """Raise a ValueError (starting with ``what``) unless classes is (K,) integer, K >= 1,
+    without repeated values."""
+    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or classes.size == 0:
+        raise ValueError(
+            f"{what} must be (K,) integer with K >= 1, "
+            f"got shape {classes.shape} dtype {classes.dtype}"
+        )
+    if len(np.unique(classes)) != len(classes):
+        raise ValueError(f"{what} has repeated values: {classes.tolist()}")
+
+
 def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
     """value as a float if it is a number in (0, 1) ([0, 1) with allow_zero), else a
     ValueError naming ``name``."""
@@ -131,13 +143,7 @@ def read_split(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.n
         raise ValueError(
             f"{path}: {y_key!r} must be (m,) integer, got shape {y_raw.shape} dtype {y_raw.dtype}"
         )
-    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or classes.size == 0:
-        raise ValueError(
-            f"{path}: 'list_classes' must be (K,) integer with K >= 1, "
-            f"got shape {classes.shape} dtype {classes.dtype}"
-        )
-    if len(np.unique(classes)) != len(classes):
-        raise ValueError(f"{path}: 'list_classes' has repeated values: {classes.tolist()}")
+    check_classes(classes, f"{path}: 'list_classes'")
     if len(x) != len(y_raw):
         raise ValueError(
             f"{path}: {x_key!r} has {len(x)} examples but {y_key!r} has {len(y_raw)} labels"
@@ -203,13 +209,7 @@ def write_split(
             f"write_split({path}): x must be (m, n_H, n_W, n_C) uint8 with m >= 1, "
             f"got shape {x.shape} dtype {x.dtype}"
         )
-    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer) or classes.size == 0:
-        raise ValueError(
-            f"write_split({path}): classes must be (K,) integer with K >= 1, "
-            f"got shape {classes.shape} dtype {classes.dtype}"
-        )
-    if len(np.unique(classes)) != len(classes):
-        raise ValueError(f"write_split({path}): classes has repeated values: {classes.tolist()}")
+    check_classes(classes, f"write_split({path}): classes")
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"write_split({path}): y must be ({len(x)},) integer class indices, "

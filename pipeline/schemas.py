@@ -19,6 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from layers.im2col import is_valid_pad
+
 # -- data ----------------------------------------------------------------------------------
 
 
@@ -203,10 +205,8 @@ def _layer_spec(name: str, node: Any) -> Any:
     if kind == "conv":
         for attr in ("filters", "f", "stride"):
             _require(getattr(spec, attr) >= 1, f"{key}.{attr}", "must be >= 1", getattr(spec, attr))
-        pad_ok = spec.pad in ("same", "valid") if isinstance(spec.pad, str) else (
-            isinstance(spec.pad, int) and not isinstance(spec.pad, bool) and spec.pad >= 0
-        )
-        _require(pad_ok, f"{key}.pad", "must be an int >= 0, 'same' or 'valid'", spec.pad)
+        _require(is_valid_pad(spec.pad), f"{key}.pad", "must be an int >= 0, 'same' or 'valid'",
+                 spec.pad)
     elif kind == "pool":
         _require(spec.f >= 1, f"{key}.f", "must be >= 1", spec.f)
         _require(spec.stride is None or spec.stride >= 1, f"{key}.stride", "must be >= 1",
