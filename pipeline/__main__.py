@@ -27,6 +27,7 @@ from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
+from pipeline.sweep import SweepParent, current_parent
 from pipeline.tracking import Tracker, tracked_run
 
 log = logging.getLogger("pipeline")
@@ -59,17 +60,23 @@ def data_files(cfg: DictConfig) -> tuple[Path, Path]:
     return Path(d.train_path), Path(d.test_path)
 
 
-def run(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> float:
+def run(
+    cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
+    parent: SweepParent | None = None,
+) -> float:
     """Run every stage for a composed config, as one tracked run (unless
-    ``tracking.enabled=false``); return the best validation accuracy."""
-    spec = validate(cfg)
-    d = cfg.data
-    input_shape = (d.image_size, d.image_size, d.channels)
-    # Geometry is checked before any data is read: a layer stack that does not fit fails here.
-    build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+    ``tracking.enabled=false``), a child of ``parent`` in a sweep; return the best
+    validation accuracy. A config that cannot work fails before any data is read, and is
+    recorded as a FAILED run like any other error."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"dataset": d.name, "overrides": " ".join(overrides), "output_dir": str(out_dir)}
-    with tracked_run(cfg, out_dir, tags) as tracker:
+    tags = {"dataset": cfg.data.name, "overrides": " ".join(overrides), "output_dir": str(out_dir)}
+    name = parent.child_run_name(list(overrides), out_dir.name) if parent else None
+    with tracked_run(cfg, out_dir, tags, run_name=name, parent=parent) as tracker:
+        spec = validate(cfg)
+        d = cfg.data
+        # The geometry too: a layer stack that does not fit the images fails here.
+        input_shape = (d.image_size, d.image_size, d.channels)
+        build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
         return stages(cfg, spec, out_dir, tracker)
 
 
@@ -136,7 +143,8 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
 
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
     tracker.log_metrics(
-        {"test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"]}
+        {"test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"],
+         "best_val_accuracy": best}
         | {f"test_f1_{metric_name(k)}": v["f1"] for k, v in metrics["per_class"].items()}
     )
     tracker.flush()
@@ -153,7 +161,9 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    return run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task)
+    return run(
+        cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, current_parent()
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Every ``python -m pipeline`` run is one MLflow run (unless ``tracking.enabled=fa
   at most every ``FLUSH_SECONDS``), then the test metrics and per-class F1;
 * artifacts: ``.hydra/``, the weights, metrics, plots, report, and the network as an MLflow
   pyfunc model that predicts class labels from raw uint8 images;
+* sweeps: a multirun job's run is a child of the sweep's parent run (``pipeline.sweep``);
 * status: FINISHED, FAILED (with the error in the ``error`` tag and ``error.txt``) or
   KILLED (Ctrl-C or SIGTERM); what was logged so far and the last checkpoint stay.
 """
@@ -28,9 +29,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from pipeline.sweep import SweepParent
 
 FLUSH_SECONDS = 10.0
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -79,6 +83,11 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
     if len(text) > MAX_PARAM_LENGTH:
         text = text[: MAX_PARAM_LENGTH - 15] + "...[truncated]"
     return {prefix.rstrip("."): text}
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    """``tracking.experiment``, else ``pipeline-<data.name>``."""
+    return cfg.tracking.experiment or f"pipeline-{cfg.data.name}"
 
 
 def git_commit() -> str | None:
@@ -183,9 +192,13 @@ def _interrupt_on_sigterm() -> Any:
 
 
 @contextlib.contextmanager
-def tracked_run(cfg: DictConfig, out_dir: Path, tags: dict[str, str]) -> Iterator[Tracker]:
+def tracked_run(
+    cfg: DictConfig, out_dir: Path, tags: dict[str, str],
+    run_name: str | None = None, parent: SweepParent | None = None,
+) -> Iterator[Tracker]:
     """Start the MLflow run for ``cfg`` (or a disabled tracker) and end it with the right
-    status: FINISHED, FAILED (error recorded) or KILLED."""
+    status: FINISHED, FAILED (error recorded) or KILLED. A sweep job's run is a child of
+    the sweep's ``parent`` run, in the parent's store and experiment."""
     t = cfg.tracking
     if not t.enabled:
         yield Tracker(None)
@@ -194,11 +207,17 @@ def tracked_run(cfg: DictConfig, out_dir: Path, tags: dict[str, str]) -> Iterato
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_uri(t.uri)
+    uri = parent.tracking_uri if parent else resolve_uri(t.uri)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(t.experiment or f"pipeline-{cfg.data.name}")
-    run = mlflow.start_run(run_name=out_dir.name)
+    if parent:
+        run = mlflow.start_run(
+            experiment_id=parent.experiment_id, run_name=run_name or out_dir.name,
+            parent_run_id=parent.run_id,
+        )
+    else:
+        mlflow.set_experiment(experiment_name(cfg))
+        run = mlflow.start_run(run_name=run_name or out_dir.name)
     tracker = Tracker(run.info.run_id, MlflowClient(uri))
     old_handler = _interrupt_on_sigterm()
     status = "FAILED"

@@ -1,0 +1,260 @@
+"""The summary of a sweep: one row per child run, its swept values and final metrics,
+sorted by the sweep's objective (best validation accuracy first).
+
+At the end of a sweep ``pipeline.sweep`` logs it on the parent run: ``sweep_summary.csv``,
+``sweep_summary.txt`` (the readable table), ``objective_vs_params.png``, the ``best_run_id``
+tag and the best run's values as ``best.<key>`` params. In a terminal::
+
+    python -m pipeline.report                   # the latest sweep in the store
+    python -m pipeline.report pipeline-digits   # the latest sweep of that experiment
+    python -m pipeline.report <parent run id>   # that sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+OBJECTIVE = "best_val_accuracy"  # what python -m pipeline returns to Hydra's sweepers
+METRICS = (OBJECTIVE, "val_loss", "test_accuracy", "test_loss")
+SWEEP_TAG = "pipeline.sweep"  # marks parent runs
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """Every run whose parent is ``parent_run_id``, in start order."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            order_by=["attributes.start_time ASC"], max_results=1000, page_token=token,
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def swept_keys(parent: Run) -> list[str]:
+    """The keys the sweep varied, from the parent's ``sweep.<key>`` params."""
+    return [k[len("sweep."):] for k in sorted(parent.data.params) if k.startswith("sweep.")]
+
+
+def override_value(overrides: str, key: str) -> str | None:
+    """The value ``key`` was given in a run's ``overrides`` tag (``a=1 +b=x`` -> b: x)."""
+    match = re.search(rf"(?:^|\s)[+~]*{re.escape(key)}=(\S*)", overrides or "")
+    return match.group(1) if match else None
+
+
+def sweep_table(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
+    """One row per child of ``parent_run_id``: run name, status, swept values, final
+    metrics, seconds and run id; sorted by the objective (best first, missing last)."""
+    import mlflow
+    import pandas as pd
+
+    parent = client.get_run(parent_run_id)
+    keys = swept_keys(parent)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+        output_format="pandas",
+    )
+    columns = ["status", *keys, *METRICS, "seconds", "run_id"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame({"status": runs["status"]})
+    overrides = runs.get("tags.overrides", pd.Series([""] * len(runs)))
+    for key in keys:
+        values = [override_value(o, key) for o in overrides]
+        table[key] = _numeric_if_possible(pd.Series(values, index=runs.index))
+    for metric in METRICS:
+        table[metric] = runs.get(f"metrics.{metric}", math.nan)
+    table["seconds"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds().round(1)
+    table["run_id"] = runs["run_id"]
+    if "tags.error" in runs and runs["tags.error"].notna().any():
+        table["error"] = runs["tags.error"].fillna("")
+    table = table.sort_values(
+        [OBJECTIVE, "val_loss"], ascending=[False, True], na_position="last", kind="stable"
+    )
+    return table.reset_index(drop=True)
+
+
+def _numeric_if_possible(values: pd.Series) -> pd.Series:
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(values)
+    except (ValueError, TypeError):
+        return values
+
+
+def objective_plot(table: pd.DataFrame, keys: list[str], path: Path) -> None:
+    """The objective against each swept key, one panel per key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    done = table.dropna(subset=[OBJECTIVE])
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        x = done[key]
+        if x.dtype.kind in "if":
+            ax.scatter(x, done[OBJECTIVE], alpha=0.7)
+            if (x > 0).all() and x.max() >= 10 * x.min():
+                ax.set_xscale("log")
+            elif x.dtype.kind == "i" and x.nunique() <= 8:
+                ax.set_xticks(sorted(x.unique()))
+        else:  # categories, in order of first appearance
+            labels = list(dict.fromkeys(x.astype(str)))
+            ax.scatter([labels.index(v) for v in x.astype(str)], done[OBJECTIVE], alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel(key)
+        ax.set_ylabel(OBJECTIVE)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{OBJECTIVE} by swept value ({len(done)} finished runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def best_params(table: pd.DataFrame, keys: list[str], sweep_dir: Path | None) -> dict[str, Any]:
+    """The winning values: the Optuna study's ``best_params`` when the sweep was an Optuna
+    study (``optimization_results.yaml``), else those of the table's top run."""
+    results = sweep_dir / "optimization_results.yaml" if sweep_dir else None
+    if results is not None and results.is_file():
+        from omegaconf import OmegaConf
+
+        found = OmegaConf.to_container(OmegaConf.load(results))
+        if isinstance(found, dict) and "best_params" in found:
+            return dict(found["best_params"])
+    done = table.dropna(subset=[OBJECTIVE])
+    return {} if done.empty else {k: done.iloc[0][k] for k in keys}
+
+
+def log_summary(
+    client: MlflowClient, parent_run_id: str, sweep_dir: Path | None = None
+) -> pd.DataFrame:
+    """Write the summary files (into ``sweep_dir`` when given) and log them, the best run
+    and its values on the parent run. Returns the table."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    table = sweep_table(client, parent_run_id)
+    keys = swept_keys(client.get_run(parent_run_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = sweep_dir if sweep_dir is not None and sweep_dir.is_dir() else Path(tmp)
+        files = [out / "sweep_summary.csv", out / "sweep_summary.txt"]
+        table.to_csv(files[0], index=False)
+        files[1].write_text(format_table(table) + "\n")
+        if keys and not table[OBJECTIVE].isna().all():
+            objective_plot(table, keys, out / "objective_vs_params.png")
+            files.append(out / "objective_vs_params.png")
+        if (out / "optimization_results.yaml").is_file():
+            files.append(out / "optimization_results.yaml")
+        for path in files:
+            client.log_artifact(parent_run_id, str(path))
+    done = table.dropna(subset=[OBJECTIVE])
+    if done.empty:
+        return table
+    top = done.iloc[0]
+    best = best_params(table, keys, sweep_dir)
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(m if m == OBJECTIVE else f"best_run.{m}", float(top[m]), 0, 0)
+                 for m in METRICS if not math.isnan(top[m])],
+        params=[Param(f"best.{k}", str(v)[:6000]) for k, v in best.items()],
+        tags=[RunTag("best_run_id", top["run_id"])],
+    )
+    return table
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as aligned text, numbers to 4 significant digits."""
+    return table.to_string(
+        index=False, float_format=lambda v: f"{v:.4g}", na_rep="-",
+    ) if not table.empty else "(no child runs yet)"
+
+
+def find_parent(client: MlflowClient, target: str | None) -> Run:
+    """The sweep's parent run: ``target`` as a run id, else the latest sweep of the
+    experiment named ``target``, else the latest sweep in the store."""
+    from mlflow.exceptions import MlflowException
+
+    if target and re.fullmatch(r"[0-9a-f]{32}", target):
+        try:
+            return client.get_run(target)
+        except MlflowException:
+            raise SystemExit(f"no run {target} in {client.tracking_uri}") from None
+    experiments = client.search_experiments()
+    if target:
+        experiments = [e for e in experiments if e.name == target]
+        if not experiments:
+            names = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise SystemExit(
+                f"no experiment or run id {target!r} in {client.tracking_uri} "
+                f"(experiments: {names})"
+            )
+    runs = client.search_runs(
+        [e.experiment_id for e in experiments], f"tags.`{SWEEP_TAG}` = 'true'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    ) if experiments else []
+    if not runs:
+        where = f"experiment {target!r}" if target else client.tracking_uri
+        raise SystemExit(
+            f"no sweep in {where}; a sweep is a multirun: python -m pipeline -m key=a,b"
+        )
+    return runs[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report", description="Print the summary table of a sweep."
+    )
+    parser.add_argument(
+        "target", nargs="?",
+        help="a parent run id or an experiment name (default: the latest sweep)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory",
+    )
+    args = parser.parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import check_server, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    check_server(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise SystemExit(f"no tracking store at {uri}; run from the sweep's launch directory "
+                         "or pass --tracking-uri")
+    client = MlflowClient(uri)
+    parent = find_parent(client, args.target)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    table = sweep_table(client, parent.info.run_id)
+    print(f"sweep {parent.info.run_name} ({parent.info.run_id}), experiment {experiment}, "
+          f"{parent.info.status}; {len(table)} runs, sorted by {OBJECTIVE}")
+    print(format_table(table))
+    if "best_run_id" in parent.data.tags:
+        print(f"best run: {parent.data.tags['best_run_id']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
