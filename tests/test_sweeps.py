@@ -1,0 +1,305 @@
+"""Sweeps: a Hydra multirun is one MLflow parent run with a child run per job, whichever
+launcher runs the jobs; the parent gets a summary and ends with the right status.
+
+Each test runs the real CLI (`python -m pipeline -m ...`) on the embedded digits data with
+a fresh SQLite store, then reads everything back through MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: pip install -e .")
+from mlflow.tracking import MlflowClient  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pipeline import report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ("trainer.epochs=2", "trainer.progress=false")
+
+
+def sweep_cmd(tmp_path: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    args = [
+        sys.executable, "-m", "pipeline", "-m", f"data.cache_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUICK, *overrides,
+    ]
+    return args, env
+
+
+def run_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args, env = sweep_cmd(tmp_path, *overrides)
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def the_sweep(tmp_path: Path):
+    """(client, parent run, child runs) of the only sweep in the store."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    parents = client.search_runs(
+        [e.experiment_id for e in experiments], f"tags.`{report.SWEEP_TAG}` = 'true'"
+    )
+    assert len(parents) == 1, parents
+    parent = parents[0]
+    children = report.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    everything = client.search_runs([e.experiment_id for e in experiments])
+    assert len(everything) == 1 + len(children), "runs outside the sweep's parent"
+    return client, parent, children
+
+
+def assert_summary(client: MlflowClient, parent, n_rows: int) -> pd.DataFrame:
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png"} <= names
+    local = client.download_artifacts(parent.info.run_id, "sweep_summary.csv")
+    table = pd.read_csv(local)
+    assert len(table) == n_rows
+    finished = table[table.status == "FINISHED"]
+    assert list(finished[report.OBJECTIVE]) == sorted(finished[report.OBJECTIVE], reverse=True)
+    assert parent.data.tags["best_run_id"] == table.run_id[0]
+    assert parent.data.metrics[report.OBJECTIVE] == pytest.approx(table[report.OBJECTIVE][0])
+    return table
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+                         ids=["sequential", "joblib"])
+def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launcher):
+    proc = run_sweep(tmp_path, *launcher, "model.pool_mode=max,average", "model.conv1.f=2,3")
+    assert proc.returncode == 0, proc.stderr
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 4
+    assert parent.data.params["sweep.model.pool_mode"] == "max,average"
+    assert parent.data.params["sweep.model.conv1.f"] == "2,3"
+    assert {c.info.run_name for c in children} == {
+        f"model.pool_mode={p} model.conv1.f={f}" for p in ("max", "average") for f in (2, 3)
+    }
+    table = assert_summary(client, parent, 4)
+    assert set(zip(table["model.pool_mode"], table["model.conv1.f"], strict=True)) == {
+        (p, f) for p in ("max", "average") for f in (2, 3)
+    }
+    best = table.iloc[0]
+    assert parent.data.params["best.model.pool_mode"] == best["model.pool_mode"]
+    assert parent.data.params["best.model.conv1.f"] == str(best["model.conv1.f"])
+    out_dirs = {c.data.tags["output_dir"] for c in children}
+    assert len(out_dirs) == 4 and all(Path(d, "metrics.json").is_file() for d in out_dirs)
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", parent.info.run_id,
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.count("FINISHED") == 5  # the header and four rows
+    assert f"best run: {best.run_id}" in printed.stdout
+
+
+def test_eight_parallel_jobs_are_eight_children_none_lost(tmp_path):
+    proc = run_sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.epochs=1",
+        "model.pool_mode=max,average", "model.conv1.f=2,3", "seed=0,1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "database is locked" not in proc.stderr
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 8
+    assert len({c.data.tags["output_dir"] for c in children}) == 8
+    assert_summary(client, parent, 8)
+
+
+def test_a_failing_job_fails_its_child_and_the_parent_keeping_the_others(tmp_path):
+    # data.image_size=16 passes the config checks but not the data: 8x8 digits.
+    proc = run_sweep(tmp_path, "data.image_size=8,16", "model.conv1.f=2,3")
+    assert proc.returncode != 0
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["children"] == "2 FAILED, 2 FINISHED"
+    for child in children:
+        failed = "data.image_size=16" in child.data.tags["overrides"]
+        assert child.info.status == ("FAILED" if failed else "FINISHED")
+        if failed:
+            assert "data.image_size=16" in child.data.tags["error"]
+    table = assert_summary(client, parent, 4)
+    assert list(table.status) == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
+
+
+def test_an_optuna_search_puts_the_studys_best_params_on_the_parent(tmp_path):
+    proc = run_sweep(tmp_path, "+hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    assert parent.data.params["sweep.model.pool_mode"] == "choice(max, average)"
+    study = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    for key, value in study.best_params.items():
+        assert parent.data.params[f"best.{key}"] == str(value)
+    assert parent.data.metrics[report.OBJECTIVE] == pytest.approx(study.best_value)
+    assert_summary(client, parent, 3)
+    assert "optimization_results.yaml" in {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+
+
+def test_submitit_local_runs_jobs_as_separate_processes_all_recorded(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_sweep(tmp_path, "hydra/launcher=submitit_local", "model.pool_mode=max,average")
+    assert proc.returncode == 0, proc.stderr
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 2
+    # submitit's own record of the two job processes, each with its log
+    logs = list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 and all("test accuracy: " in p.read_text() for p in logs)
+    assert_summary(client, parent, 2)
+
+
+def test_ray_runs_jobs_on_a_local_ray_instance_all_recorded(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    proc = run_sweep(tmp_path, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                     "model.pool_mode=max,average")
+    assert proc.returncode == 0, proc.stderr
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.status for c in children] == ["FINISHED"] * 2
+    assert_summary(client, parent, 2)
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")],
+                         ids=["sequential", "joblib"])
+def test_ctrl_c_ends_the_parent_and_the_running_children_killed(tmp_path, launcher):
+    args, env = sweep_cmd(
+        tmp_path, *launcher, "model.conv1.f=2,3,4", "trainer.epochs=100000", "trainer.patience=0"
+    )
+    # A new session: Ctrl-C in a terminal signals the whole foreground process group.
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "sweep").glob("*/checkpoints/last.npz")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no epoch finished"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    client, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert children and all(c.info.status == "KILLED" for c in children)
+
+
+def test_an_unreachable_server_stops_the_sweep_before_any_job(tmp_path):
+    start = time.monotonic()
+    proc = run_sweep(tmp_path, "tracking.uri=http://127.0.0.1:9", "model.pool_mode=max,average")
+    assert proc.returncode != 0
+    assert "cannot start the MLflow parent run" in proc.stderr and "unreachable" in proc.stderr
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+    assert time.monotonic() - start < 30
+
+
+def test_the_report_names_what_it_cannot_find(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    missing = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "--tracking-uri", uri],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert missing.returncode != 0 and "no tracking store" in missing.stderr
+    MlflowClient(uri).create_experiment("other")
+    unknown = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "nope", "--tracking-uri", uri],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert unknown.returncode != 0
+    assert "no experiment or run id 'nope'" in unknown.stderr and "other" in unknown.stderr
+    no_sweep = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", "other", "--tracking-uri", uri],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert no_sweep.returncode != 0 and "no sweep in experiment 'other'" in no_sweep.stderr
+
+
+def compose_hydra(*overrides: str, multirun: bool = False):
+    """The config with its ``hydra`` node, as Hydra composes it for a run or a multirun."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from pipeline.schemas import register_configs
+
+    register_configs()
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        return GlobalHydra.instance().hydra.compose_config(
+            "config", list(overrides), with_log_configuration=False,
+            run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
+        )
+
+
+def test_the_search_space_comes_from_sweep_overrides_and_sweeper_params():
+    from pipeline.sweep import search_space
+
+    cfg = compose_hydra("+hparams_search=optuna", "seed=3", multirun=True)
+    assert search_space(cfg)["optimizer.lr"] == "tag(log, interval(0.0001, 0.01))"
+    assert search_space(cfg)["model.pool_mode"] == "choice(max, average)"
+    assert "seed" not in search_space(cfg)
+    cfg = compose_hydra(
+        "model.pool_mode=max,average", "+experiment=maxpool,avgpool", "model.conv1.f=range(2,5)",
+        "seed=3", multirun=True,
+    )
+    assert search_space(cfg) == {
+        "model.pool_mode": "max,average", "experiment": "maxpool,avgpool",
+        "model.conv1.f": "range(2,5)",
+    }
+
+
+def test_a_child_is_named_by_its_swept_values():
+    from pipeline.sweep import SweepParent
+
+    parent = SweepParent("r", "1", "sqlite:///x", ("model.pool_mode", "experiment"))
+    overrides = ["model.pool_mode=max", "+experiment=maxpool", "seed=3"]
+    assert parent.child_run_name(overrides, "7") == "model.pool_mode=max +experiment=maxpool"
+    assert parent.child_run_name(["seed=3"], "7") == "7"
+
+
+def test_override_values_are_read_back_from_the_overrides_tag():
+    tag = "model.pool_mode=average +experiment=maxpool optimizer.lr=0.001 model.conv1.f=3"
+    assert report.override_value(tag, "model.pool_mode") == "average"
+    assert report.override_value(tag, "experiment") == "maxpool"
+    assert report.override_value(tag, "model.conv1.f") == "3"
+    assert report.override_value(tag, "f") is None
+    assert report.override_value("", "seed") is None
+
+
+def test_the_shipped_launcher_and_search_configs_compose():
+    slurm = compose_hydra("hydra/launcher=slurm").hydra.launcher
+    assert slurm._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert slurm.cpus_per_task == 2 and slurm.partition is None
+    joblib = compose_hydra("hydra/launcher=joblib", "hydra.launcher.n_jobs=2").hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 2
+    sweeper = compose_hydra("+hparams_search=optuna", "seed=5").hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize" and sweeper.sampler.seed == 5
+    assert sweeper.storage is None
+    callbacks = compose_hydra().hydra.callbacks
+    assert callbacks.mlflow_sweep._target_ == "pipeline.sweep.MlflowSweepCallback"
+
+
+def test_an_optuna_database_storage_is_refused_with_the_reason(tmp_path):
+    proc = run_sweep(tmp_path, "+hparams_search=optuna",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")
+    assert proc.returncode != 0
+    assert "hydra.sweeper.storage" in proc.stderr and "storage=null" in proc.stderr
+    assert not (tmp_path / "sweep").exists() or not list((tmp_path / "sweep").iterdir())
