@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from layers.parallel import over_batch
+
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
 
 
@@ -105,7 +107,11 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (m, n_H, n_W, f, f, n_C), a view
     size = m * n_H * n_W * f * f * n_C
     cols = np.empty(size, A_pad.dtype) if out is None else out.reshape(-1)[:size]
-    np.copyto(cols.reshape(m, n_H, n_W, f, f, n_C), windows)  # the one copy
+    dst = cols.reshape(m, n_H, n_W, f, f, n_C)
+    over_batch(  # the one copy, split over the batch between threads
+        lambda start, stop: np.copyto(dst[start:stop], windows[start:stop]),
+        m, 2 * size * A_pad.itemsize,
+    )
     return cols.reshape(m * n_H * n_W, f * f * n_C)
 
 

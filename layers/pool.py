@@ -21,6 +21,7 @@ import numpy as np
 
 from layers.base import Layer, Shape, check_positive_int
 from layers.im2col import output_size
+from layers.parallel import over_batch
 
 POOL_MODES = ("max", "average")
 
@@ -71,10 +72,18 @@ class Pool2D(Layer):
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
         """Pool ``X`` (m, n_H_prev, n_W_prev, n_C) -> A (m, n_H, n_W, n_C)."""
         self.check_input(X)
+        m, n_H_prev, _, n_C = X.shape
         n_H, n_W, _ = self.output_shape(X.shape[1:])
         reduce = _max_along if self.mode == "max" else _mean_along
-        Y = reduce(X, WIDTH, self.f, self.stride, n_W)  # (m, n_H_prev, n_W, n_C)
-        A = reduce(Y, HEIGHT, self.f, self.stride, n_H)  # (m, n_H, n_W, n_C)
+        f, s = self.f, self.stride
+        Y = np.empty((m, n_H_prev, n_W, n_C), dtype=X.dtype)  # reduced along the width
+        A = np.empty((m, n_H, n_W, n_C), dtype=X.dtype)  # then along the height
+
+        def part(start: int, stop: int) -> None:
+            reduce(X[start:stop], WIDTH, f, s, Y[start:stop])
+            reduce(Y[start:stop], HEIGHT, f, s, A[start:stop])
+
+        over_batch(part, m, X.nbytes)
         self.cache = (X, Y, A) if self.mode == "max" else (X.shape, None, None)
         return A
 
@@ -87,15 +96,23 @@ class Pool2D(Layer):
         if not input_grad:
             return None
         f, s = self.f, self.stride
-        if self.mode == "max" and s >= f >= 4:  # large windows that do not overlap
-            return _max_backward_routed(X, Y, A, dout, f, s)
-        if self.mode == "max":
-            dY = _max_backward_along(Y, A, dout, HEIGHT, f, s)  # (m, n_H_prev, n_W, n_C)
-            return _max_backward_along(X, Y, dY, WIDTH, f, s)
         m, n_H_prev, n_W_prev, n_C = x_shape
-        y_shape = (m, n_H_prev, dout.shape[2], n_C)
-        dY = _mean_backward_along(y_shape, dout, HEIGHT, f, s)
-        return _mean_backward_along(x_shape, dY, WIDTH, f, s)
+        dX = np.empty(x_shape, dtype=dout.dtype)
+        dY = np.empty((m, n_H_prev, dout.shape[2], n_C), dtype=dout.dtype)
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            if self.mode == "max" and s >= f >= 4:  # large windows that do not overlap
+                _max_backward_routed(X[b], Y[b], A[b], dout[b], f, s, dX[b])
+            elif self.mode == "max":
+                _max_backward_along(Y[b], A[b], dout[b], HEIGHT, f, s, dY[b])
+                _max_backward_along(X[b], Y[b], dY[b], WIDTH, f, s, dX[b])
+            else:
+                _mean_backward_along(dout[b], HEIGHT, f, s, dY[b])
+                _mean_backward_along(dY[b], WIDTH, f, s, dX[b])
+
+        over_batch(part, m, 2 * dX.nbytes)
+        return dX
 
 
 # Pooling is separable: a window's max (or mean) is the max (mean) over its rows of the
@@ -113,21 +130,22 @@ def _take(axis: int, k: int, n_out: int, stride: int) -> tuple[slice, ...]:
     return (slice(None), along) if axis == HEIGHT else (slice(None), slice(None), along)
 
 
-def _max_along(X: np.ndarray, axis: int, f: int, stride: int, n_out: int) -> np.ndarray:
-    """Max over windows of size f along ``axis`` of X (m, n_H, n_W, n_C)."""
-    out = X[_take(axis, 0, n_out, stride)].copy()
+def _max_along(X: np.ndarray, axis: int, f: int, stride: int, out: np.ndarray) -> None:
+    """``out`` = max over windows of size f along ``axis`` of X (m, n_H, n_W, n_C); out
+    has X's shape but ``n_out`` windows along ``axis``."""
+    n_out = out.shape[axis]
+    np.copyto(out, X[_take(axis, 0, n_out, stride)])
     for k in range(1, f):
         np.maximum(out, X[_take(axis, k, n_out, stride)], out=out)
-    return out
 
 
-def _mean_along(X: np.ndarray, axis: int, f: int, stride: int, n_out: int) -> np.ndarray:
-    """Mean over windows of size f along ``axis`` of X (m, n_H, n_W, n_C)."""
-    out = X[_take(axis, 0, n_out, stride)].copy()
+def _mean_along(X: np.ndarray, axis: int, f: int, stride: int, out: np.ndarray) -> None:
+    """``out`` = mean over windows of size f along ``axis`` of X (as ``_max_along``)."""
+    n_out = out.shape[axis]
+    np.copyto(out, X[_take(axis, 0, n_out, stride)])
     for k in range(1, f):
         out += X[_take(axis, k, n_out, stride)]
     out *= out.dtype.type(1.0 / f)
-    return out
 
 
 def _scatter(dX: np.ndarray, index: tuple[slice, ...], values: np.ndarray, overlap: bool) -> None:
@@ -139,16 +157,17 @@ def _scatter(dX: np.ndarray, index: tuple[slice, ...], values: np.ndarray, overl
 
 
 def _max_backward_along(
-    X: np.ndarray, out: np.ndarray, dout: np.ndarray, axis: int, f: int, stride: int
-) -> np.ndarray:
+    X: np.ndarray, out: np.ndarray, dout: np.ndarray, axis: int, f: int, stride: int,
+    dX: np.ndarray,
+) -> None:
     """Route dout (shaped like out) to the first element along ``axis`` equal to its max.
 
-    X is the input of ``_max_along`` and out its result; returns dX shaped like X.
+    X is the input of ``_max_along`` and out its result; writes dX, shaped like X.
     """
     n_out = out.shape[axis]
     overlap = stride < f
-    covered = stride == f and n_out * f == X.shape[axis]  # every element gets a value
-    dX = (np.empty if covered else np.zeros)(X.shape, dtype=dout.dtype)
+    if not (stride == f and n_out * f == X.shape[axis]):  # some elements get no value
+        dX[...] = 0
     claimed = np.zeros(out.shape, dtype=bool)  # True once a window's gradient is routed
     first = np.empty(out.shape, dtype=bool)
     for k in range(f):
@@ -161,20 +180,20 @@ def _max_backward_along(
             np.multiply(dout, first, out=dX[index])
         if k < f - 1:
             claimed |= first
-    return dX
 
 
 def _max_backward_routed(
-    X: np.ndarray, Y: np.ndarray, A: np.ndarray, dout: np.ndarray, f: int, stride: int
-) -> np.ndarray:
+    X: np.ndarray, Y: np.ndarray, A: np.ndarray, dout: np.ndarray, f: int, stride: int,
+    dX: np.ndarray,
+) -> None:
     """Max-pool backward for non-overlapping windows (stride >= f), working at the size
     of the output: find each window's first maximum, then store its gradient there. It
     beats ``_max_backward_along`` from f = 4 (the output is 16 times smaller than the input).
 
     X (m, n_H_prev, n_W_prev, n_C) is the input, Y (m, n_H_prev, n_W, n_C) its row maxima
     (``_max_along`` over the width) and A (m, n_H, n_W, n_C) the output; dout is shaped
-    like A. Returns dX shaped like X. Each input is in at most one window, so one store
-    per window is the whole scatter.
+    like A. Writes dX (contiguous, shaped like X). Each input is in at most one window, so
+    one store per window is the whole scatter.
     """
     m, n_H, n_W, n_C = A.shape
     _, n_H_prev, n_W_prev, _ = X.shape
@@ -200,18 +219,17 @@ def _max_backward_routed(
         first = (np.take(X_flat, row_start + k * n_C) == A) > found
         j += first * k
         found |= first
-    dX = np.zeros(X.size, dtype=dout.dtype)
-    dX[row_start + j * n_C] = dout
-    return dX.reshape(X.shape)
+    dX_flat = dX.reshape(-1)  # a view: dX is contiguous
+    dX_flat[...] = 0
+    dX_flat[row_start + j * n_C] = dout
 
 
 def _mean_backward_along(
-    x_shape: Shape, dout: np.ndarray, axis: int, f: int, stride: int
-) -> np.ndarray:
-    """Spread dout evenly over the f elements along ``axis`` of each window."""
+    dout: np.ndarray, axis: int, f: int, stride: int, dX: np.ndarray
+) -> None:
+    """Spread dout evenly over the f elements along ``axis`` of each window, into dX."""
     n_out = dout.shape[axis]
-    dX = np.zeros(x_shape, dtype=dout.dtype)
+    dX[...] = 0
     share = dout * dout.dtype.type(1.0 / f)
     for k in range(f):
         _scatter(dX, _take(axis, k, n_out, stride), share, overlap=stride < f)
-    return dX
