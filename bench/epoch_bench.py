@@ -45,6 +45,7 @@ import numpy as np
 from hydra import compose, initialize_config_module
 
 from bench.layers_bench import blas_threads, fmt_r
+from layers import parallel
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Adam
 from pipeline.dataset import Split
@@ -159,6 +160,7 @@ def main() -> None:
         from threadpoolctl import threadpool_limits
 
         _limiter = threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (until exit)
+        parallel.set_num_threads(args.threads)
     n_blas, blas_desc = blas_threads()
     torch = None
     torch_msg = "skipped (--no-torch)"
@@ -178,7 +180,9 @@ def main() -> None:
 
     print("== machine ==")
     print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
-    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc})")
+    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
+          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     print(f"torch {torch_msg}")
     load = os.getloadavg()[0]
     print(f"load average (1 min) before the run: {load:.2f}")

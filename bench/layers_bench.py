@@ -51,6 +51,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from layers import parallel
 from layers import reference as ref
 from layers.conv import Conv2D
 from layers.pool import Pool2D
@@ -222,6 +223,7 @@ def setup(args: argparse.Namespace):
         from threadpoolctl import threadpool_limits
 
         limiter = threadpool_limits(args.threads, user_api="blas")  # lives until exit
+        parallel.set_num_threads(args.threads)
     n_blas, blas_desc = blas_threads()
     torch = None
     if args.no_torch:
@@ -238,7 +240,9 @@ def setup(args: argparse.Namespace):
     load = os.getloadavg()[0]
     print("== machine ==")
     print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
-    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc})")
+    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
+          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     print(f"torch {torch_msg}")
     print(f"ReLU: {'layers.activations.ReLU' if ReLU else 'inline NumPy'}")
     print(f"load average (1 min) before the run: {load:.2f}")
