@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,8 +43,7 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_module
 
-from bench.layers_bench import blas_threads, fmt_r
-from layers import parallel
+from bench.layers_bench import blas_threads, fmt_r, limit_threads, print_threads
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Adam
 from pipeline.dataset import Split
@@ -156,11 +154,7 @@ def main() -> None:
         print(f"data folder not found: {data_root.resolve()}; nothing measured (pass --data DIR)")
         sys.exit(0)
 
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        _limiter = threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (until exit)
-        parallel.set_num_threads(args.threads)
+    _limiter = limit_threads(args.threads)  # noqa: F841 (lives until exit)
     n_blas, blas_desc = blas_threads()
     torch = None
     torch_msg = "skipped (--no-torch)"
@@ -179,11 +173,7 @@ def main() -> None:
     opt, loss_fn, data = Adam(lr=1e-3), SoftmaxCrossEntropy(), Split(x, y)
 
     print("== machine ==")
-    print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
-    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
-          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
-          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
-    print(f"torch {torch_msg}")
+    print_threads(n_blas, blas_desc, torch_msg)
     load = os.getloadavg()[0]
     print(f"load average (1 min) before the run: {load:.2f}")
     if load >= 0.5:

@@ -216,14 +216,29 @@ def blas_threads() -> tuple[int | None, str]:
     return blas[0]["num_threads"], f"{blas[0]['internal_api']} {blas[0].get('version')}"
 
 
+def limit_threads(n: int):
+    """``--threads n``: at most n BLAS and layer threads (0: leave as is). Returns the BLAS
+    limiter, which must stay alive as long as the limit should hold."""
+    if not n:
+        return None
+    from threadpoolctl import threadpool_limits
+
+    parallel.set_num_threads(n)
+    return threadpool_limits(n, user_api="blas")
+
+
+def print_threads(n_blas: int | None, blas_desc: str, torch_msg: str) -> None:
+    """The machine section's Python, NumPy/threads and torch lines."""
+    print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
+    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
+          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+    print(f"torch {torch_msg}")
+
+
 def setup(args: argparse.Namespace):
     """Apply --threads, import torch (unless absent or --no-torch), print the machine info."""
-    limiter = None
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        limiter = threadpool_limits(args.threads, user_api="blas")  # lives until exit
-        parallel.set_num_threads(args.threads)
+    limiter = limit_threads(args.threads)  # lives until exit
     n_blas, blas_desc = blas_threads()
     torch = None
     if args.no_torch:
@@ -239,11 +254,7 @@ def setup(args: argparse.Namespace):
             torch_msg = f"{torch.__version__}, {torch.get_num_threads()} threads"
     load = os.getloadavg()[0]
     print("== machine ==")
-    print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
-    print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
-          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
-          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
-    print(f"torch {torch_msg}")
+    print_threads(n_blas, blas_desc, torch_msg)
     print(f"ReLU: {'layers.activations.ReLU' if ReLU else 'inline NumPy'}")
     print(f"load average (1 min) before the run: {load:.2f}")
     if load >= 0.5:
