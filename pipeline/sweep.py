@@ -170,14 +170,14 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool) -> s
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(parent.tracking_uri)
-    children = report.child_runs(client, parent.experiment_id, parent.run_id)
-    for child in children:
-        if child.info.status in ("RUNNING", "SCHEDULED"):
+    counts: Counter[str] = Counter()
+    for child in report.child_runs(client, parent.experiment_id, parent.run_id):
+        child_status = child.info.status
+        if child_status in ("RUNNING", "SCHEDULED"):
             client.set_tag(child.info.run_id, "error", "the sweep ended before this job did")
             client.set_terminated(child.info.run_id, "KILLED")
-    counts = Counter(
-        c.info.status for c in report.child_runs(client, parent.experiment_id, parent.run_id)
-    )
+            child_status = "KILLED"
+        counts[child_status] += 1
     if counts["FAILED"]:
         status = "FAILED"
     elif counts["KILLED"] or not completed:
