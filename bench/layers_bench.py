@@ -231,8 +231,7 @@ def print_threads(n_blas: int | None, blas_desc: str, torch_msg: str) -> None:
     """The machine section's Python, NumPy/threads and torch lines."""
     print(f"python {platform.python_version()} on {platform.machine()}, cpu_count {os.cpu_count()}")
     print(f"numpy {np.__version__}, BLAS threads {n_blas} ({blas_desc}), layer threads "
-          f"{parallel.num_threads()}, OPENBLAS_THREAD_TIMEOUT "
-          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+          f"{parallel.num_threads()}")
     print(f"torch {torch_msg}")
 
 

@@ -1,17 +1,25 @@
-"""The fast 2-D convolution layer: im2col + one matrix product, chunked over the batch.
+"""The fast 2-D convolution layer: im2col + one matrix product per chunk of examples.
 
 Forward, for a chunk of examples::
 
     cols = im2col(A_pad)                       # (c*n_H*n_W, f*f*n_C_prev)
     Z    = cols @ W.reshape(-1, n_C) + b       # (c*n_H*n_W, n_C)
 
-In training, backward reuses the im2col matrix that forward built when it is small enough
+Backward reuses the im2col matrix that a training forward built when it is small enough
 (``KEEP_COLS_BYTES``), and otherwise recomputes it chunk by chunk so memory stays
 bounded; then::
 
-    dW      += cols.T @ dZ                     # (f*f*n_C_prev, n_C)
+    dW       = sum over chunks of cols.T @ dZ  # (f*f*n_C_prev, n_C)
     dcols    = dZ @ W[i, j].T  for each (i, j) # (f*f, c*n_H*n_W, n_C_prev)
     dA_prev  = col2im_add(dcols)               # overlapping windows add up
+
+Inputs with few channels and stride 1 (an image network's first layer) take the planar
+path: ``im2col_planar`` builds the transposed matrix from channel planes with long
+contiguous copies, over the padded width (a few extra output columns, dropped at the end).
+
+The chunks are shared out between threads (``layers.parallel.over_batch``): each thread
+runs whole chunks (im2col, product, bias), and each chunk adds its own share of dW and db,
+summed in chunk order, so results do not depend on the number of threads.
 
 The loop-based ``layers.reference.conv_forward`` / ``conv_backward`` are the specification;
 ``tests/test_conv_pool.py`` proves this layer equal to them.
@@ -24,14 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from layers import parallel
 from layers.base import Layer, Shape, check_positive_int, he_normal
 from layers.im2col import (
     Padding,
     col2im_add,
     im2col,
+    im2col_planar,
     is_valid_pad,
     output_size,
     pad_images,
+    planar_images,
     resolve_padding,
 )
 
@@ -41,6 +52,13 @@ CHUNK_BYTES = 8 * 2**20
 # In training, a whole batch's im2col matrix up to this size is kept from forward for
 # backward; larger ones are recomputed chunk by chunk, so memory stays bounded.
 KEEP_COLS_BYTES = 64 * 2**20
+# Inputs with at most this many channels (RGB, grey) and stride 1 take the planar im2col
+# path (``im2col_planar``): their im2col rows are too short to copy efficiently.
+PLANAR_MAX_CHANNELS = 4
+# Bytes of planar im2col buffer per chunk: a few examples, kept in cache for the product.
+PLANAR_CHUNK_BYTES = 4 * 2**20
+# Work big enough for threads is cut into at least this many chunks (see ``_chunk``).
+MIN_CHUNKS = 8
 
 
 def add_bias(Z_flat: np.ndarray, b: np.ndarray) -> None:
@@ -123,82 +141,144 @@ class Conv2D(Layer):
             "b": np.zeros((1, 1, 1, self.filters), dtype=dtype),
         }
 
-    def _chunk(self, n_pixels: int, n_C_prev: int) -> int:
-        """Examples per chunk so that one im2col buffer stays near CHUNK_BYTES."""
-        row_bytes = self.f * self.f * n_C_prev * self.dtype.itemsize
-        return max(1, CHUNK_BYTES // max(1, n_pixels * row_bytes))
+    @property
+    def planar(self) -> bool:
+        """True when this (built) layer takes the planar im2col path: stride 1 and at most
+        ``PLANAR_MAX_CHANNELS`` input channels, as in the first layer of an image network."""
+        return self.stride == 1 and self.params["W"].shape[2] <= PLANAR_MAX_CHANNELS
+
+    def _chunk(self, m: int, positions: int, n_C_prev: int) -> int:
+        """Examples per chunk: one chunk's im2col matrix (``positions`` rows per example)
+        stays near its byte budget, and work big enough for threads is cut into at least
+        ``MIN_CHUNKS`` chunks so that they share it evenly. The chunks depend on the shapes
+        only, not on the number of threads (nor, then, do the results)."""
+        budget = PLANAR_CHUNK_BYTES if self.planar else CHUNK_BYTES
+        example_bytes = max(1, positions * self.f * self.f * n_C_prev * self.dtype.itemsize)
+        chunk = max(1, budget // example_bytes)
+        if m * example_bytes >= 2 * parallel.MIN_BYTES_PER_THREAD:
+            chunk = min(chunk, math.ceil(m / MIN_CHUNKS))
+        return chunk
+
+    def _inputs(self, X: np.ndarray) -> tuple[np.ndarray, int]:
+        """The padded input in the layout im2col reads, and the output columns computed
+        per row: planes (m, n_C_prev, n_H_pad + 1, n_W_pad) and n_W_pad on the planar path,
+        else A_pad (m, n_H_pad, n_W_pad, n_C_prev) and n_W."""
+        padding = self.padding(*X.shape[1:3])
+        if self.planar:
+            planes = planar_images(X, padding)
+            return planes, planes.shape[-1]
+        return pad_images(X, padding), self.output_shape(X.shape[1:])[1]
+
+    def _cols(self, inputs: np.ndarray, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """The im2col matrix of examples ``start:stop`` written into ``out``, as
+        (c*positions, f*f*n_C_prev): from A_pad, or a transposed view from planes."""
+        if self.planar:
+            n_H = inputs.shape[2] - self.f  # the planes have one extra row
+            return im2col_planar(inputs[start:stop], self.f, n_H, out).T
+        return im2col(inputs[start:stop], self.f, self.stride, out=out)
 
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
-        """Convolve ``X`` (m, n_H_prev, n_W_prev, n_C_prev) -> Z (m, n_H, n_W, n_C)."""
-        self.check_input(X)
-        m, n_H_prev, n_W_prev, n_C_prev = X.shape
-        n_H, n_W, n_C = self.output_shape(X.shape[1:])
-        f, s = self.f, self.stride
-        A_pad = pad_images(X, self.padding(n_H_prev, n_W_prev))
-        W_flat = self.params["W"].reshape(f * f * n_C_prev, n_C)
-        b = self.params["b"].reshape(n_C)
+        """Convolve ``X`` (m, n_H_prev, n_W_prev, n_C_prev) -> Z (m, n_H, n_W, n_C).
 
-        Z = np.empty((m, n_H, n_W, n_C), dtype=self.dtype)
-        Z_flat = Z.reshape(m * n_H * n_W, n_C)  # a view: rows are (example, h, w)
-        chunk = self._chunk(n_H * n_W, n_C_prev)
-        row_size = n_H * n_W * f * f * n_C_prev  # im2col elements per example
-        keep = training and m * row_size * self.dtype.itemsize <= KEEP_COLS_BYTES
-        if keep:  # one batch-sized buffer, reused from call to call (no fresh pages)
-            kept = self._kept_buf
-            if kept is None or kept.shape != (m * row_size,) or kept.dtype != self.dtype:
-                self._kept_buf = np.empty(m * row_size, dtype=self.dtype)
-            buf = self._kept_buf
-        else:
-            buf = np.empty(min(chunk, m) * row_size, dtype=self.dtype)
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
-            out = buf[start * row_size :] if keep else buf
-            cols = im2col(A_pad[start:stop], f, s, out=out)  # (c*n_H*n_W, f*f*n_C_prev)
-            Z_chunk = Z_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
-            np.matmul(cols, W_flat, out=Z_chunk)
-            add_bias(Z_chunk, b)  # while the chunk is still in cache
-        kept = buf.reshape(m * n_H * n_W, f * f * n_C_prev) if keep else None
-        self.cache = (X.shape, A_pad, kept)
-        return Z
+        On the planar path Z is computed over the padded width and returned as a view
+        without the extra columns.
+        """
+        self.check_input(X)
+        m, _, _, n_C_prev = X.shape
+        n_H, n_W, n_C = self.output_shape(X.shape[1:])
+        inputs, n_W_out = self._inputs(X)
+        positions, K = n_H * n_W_out, self.f * self.f * n_C_prev  # im2col rows per example
+        W_flat = self.params["W"].reshape(K, n_C)
+        b = self.params["b"].reshape(n_C)
+        Z = np.empty((m, n_H, n_W_out, n_C), dtype=self.dtype)
+        Z_flat = Z.reshape(m * positions, n_C)  # a view: rows are (example, h, w)
+        chunk = self._chunk(m, positions, n_C_prev)
+        size = m * positions * K  # elements of the whole batch's im2col matrix
+        kept = None
+        if training and not self.planar and size * self.dtype.itemsize <= KEEP_COLS_BYTES:
+            kept = self._kept_buffer(size)  # planar columns are cheaper to recompute
+
+        def work(first: int, last: int) -> None:  # chunks first..last-1
+            buf = kept if kept is not None else np.empty(chunk * positions * K, self.dtype)
+            for start in range(first * chunk, min(last * chunk, m), chunk):
+                stop = min(start + chunk, m)
+                out = buf[start * positions * K :] if kept is not None else buf
+                cols = self._cols(inputs, start, stop, out)  # (c*positions, K)
+                Z_chunk = Z_flat[start * positions : stop * positions]  # (c*positions, n_C)
+                np.matmul(cols, W_flat, out=Z_chunk)
+                add_bias(Z_chunk, b)  # while the chunk is still in cache
+
+        parallel.over_batch(work, math.ceil(m / chunk), size * self.dtype.itemsize)
+        kept_cols = None if kept is None else kept[:size].reshape(m * positions, K)
+        self.cache = (X.shape, inputs, kept_cols)
+        return Z[:, :, :n_W, :] if self.planar else Z
+
+    def _kept_buffer(self, size: int) -> np.ndarray:
+        """A buffer of at least ``size`` elements, reused from call to call (no fresh
+        pages to fault in on every batch)."""
+        buf = self._kept_buf
+        if buf is None or buf.size < size or buf.dtype != self.dtype:
+            self._kept_buf = buf = np.empty(size, dtype=self.dtype)
+        return buf
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """From dZ (m, n_H, n_W, n_C): fill ``grads["W"]``, ``grads["b"]``; return dA_prev."""
-        x_shape, A_pad, kept_cols = self.cache
+        """From dZ (m, n_H, n_W, n_C): fill ``grads["W"]``, ``grads["b"]``; return dA_prev.
+
+        Each chunk of examples gives its own share of dW and db (summed in chunk order at
+        the end) and writes its own examples of dA_prev.
+        """
+        x_shape, inputs, kept_cols = self.cache
         m, n_H_prev, n_W_prev, n_C_prev = x_shape
         n_H, n_W, n_C = dout.shape[1:]
         f, s = self.f, self.stride
         if dout.shape != (m, n_H, n_W, n_C) or (n_H, n_W, n_C) != self.output_shape(x_shape[1:]):
             raise self.error(f"gradient shape {dout.shape} does not match the output", x_shape[1:])
         W = self.params["W"]
+        K = f * f * n_C_prev
         # Per-offset weights, transposed: W_offsets[i*f + j] = W[i, j].T, (f*f, n_C, n_C_prev)
         W_offsets = W.reshape(f * f, n_C_prev, n_C).transpose(0, 2, 1)
+        dout = np.ascontiguousarray(dout)
         dZ_flat = dout.reshape(m * n_H * n_W, n_C)
+        n_W_out = inputs.shape[-1] if self.planar else n_W  # output columns forward computed
+        positions = n_H * n_W_out  # im2col rows per example
+        chunk = self._chunk(m, positions, n_C_prev)
+        n_chunks = math.ceil(m / chunk)
+        dW_parts = np.empty((n_chunks, K, n_C), dtype=self.dtype)
+        db_parts = np.empty((n_chunks, n_C), dtype=self.dtype)
+        top, bottom, left, right = self.padding(n_H_prev, n_W_prev)
+        dA_pad = None
+        if input_grad:
+            dA_pad = np.zeros(
+                (m, n_H_prev + top + bottom, n_W_prev + left + right, n_C_prev), dtype=self.dtype
+            )
 
-        dW = np.zeros((f * f * n_C_prev, n_C), dtype=self.dtype)
-        db = np.zeros(n_C, dtype=self.dtype)
-        dA_pad = np.zeros_like(A_pad) if input_grad else None
-        chunk = self._chunk(n_H * n_W, n_C_prev)
-        buf = None if kept_cols is not None else np.empty(
-            min(chunk, m) * n_H * n_W * f * f * n_C_prev, dtype=self.dtype
-        )
-        ones = np.ones(min(chunk, m) * n_H * n_W, dtype=self.dtype)  # db as a product: fast
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
-            rows = slice(start * n_H * n_W, stop * n_H * n_W)
-            dZ_chunk = dZ_flat[rows]  # (c*n_H*n_W, n_C)
-            if kept_cols is not None:
-                cols = kept_cols[rows]  # (c*n_H*n_W, f*f*n_C_prev), kept from forward
-            else:
-                cols = im2col(A_pad[start:stop], f, s, out=buf)
-            dW += cols.T @ dZ_chunk
-            db += ones[: len(dZ_chunk)] @ dZ_chunk
-            if dA_pad is not None:
-                dcols = np.matmul(dZ_chunk, W_offsets)  # (f*f, c*n_H*n_W, n_C_prev)
-                col2im_add(dA_pad[start:stop], dcols, f, s, n_H, n_W)
+        def work(first: int, last: int) -> None:  # chunks first..last-1
+            buf = None if kept_cols is not None else np.empty(chunk * positions * K, self.dtype)
+            ones = np.ones(chunk * n_H * n_W, dtype=self.dtype)  # db as a product: fast
+            if self.planar:  # dZ over the padded width, zeros under the extra columns
+                dZ_out = np.zeros((chunk, n_H, n_W_out, n_C), dtype=self.dtype)
+            for k in range(first, last):
+                start, stop = k * chunk, min(k * chunk + chunk, m)
+                dZ_chunk = dZ_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)
+                if kept_cols is not None:  # (c*positions, K), kept from forward
+                    cols = kept_cols[start * positions : stop * positions]
+                else:
+                    cols = self._cols(inputs, start, stop, buf)
+                dZ_cols = dZ_chunk  # (c*positions, n_C), rows like those of cols
+                if self.planar:
+                    c = stop - start
+                    dZ_out[:c, :, :n_W, :] = dout[start:stop]
+                    dZ_cols = dZ_out[:c].reshape(c * positions, n_C)
+                # np.dot, not matmul: matmul keeps the GIL when its output is this small
+                np.dot(cols.T, dZ_cols, out=dW_parts[k])
+                np.dot(ones[: len(dZ_chunk)], dZ_chunk, out=db_parts[k])
+                if dA_pad is not None:
+                    dcols = np.matmul(dZ_chunk, W_offsets)  # (f*f, c*n_H*n_W, n_C_prev)
+                    col2im_add(dA_pad[start:stop], dcols, f, s, n_H, n_W)
 
-        self.grads["W"] = dW.reshape(W.shape)
-        self.grads["b"] = db.reshape(1, 1, 1, n_C)
+        parallel.over_batch(work, n_chunks, m * positions * K * self.dtype.itemsize)
+        self.grads["W"] = dW_parts.sum(axis=0).reshape(W.shape)
+        self.grads["b"] = db_parts.sum(axis=0).reshape(1, 1, 1, n_C)
         if dA_pad is None:
             return None
-        top, _, left, _ = self.padding(n_H_prev, n_W_prev)
         return dA_pad[:, top : top + n_H_prev, left : left + n_W_prev, :]

@@ -115,6 +115,55 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     return cols.reshape(m * n_H * n_W, f * f * n_C)
 
 
+def planar_images(X: np.ndarray, padding: Padding) -> np.ndarray:
+    """Zero-pad ``X`` (m, n_H, n_W, n_C) into channel planes for ``im2col_planar``.
+
+    Returns (m, n_C, n_H + top + bottom + 1, n_W + left + right) of X's dtype: each
+    channel a padded image, plus one extra zero row at the bottom so that every kernel
+    offset of a stride-1 window reads one contiguous run (see ``im2col_planar``).
+    """
+    top, bottom, left, right = padding
+    m, n_H, n_W, n_C = X.shape
+    planes = np.zeros((m, n_C, n_H + top + bottom + 1, n_W + left + right), dtype=X.dtype)
+    planes[:, :, top : top + n_H, left : left + n_W] = X.transpose(0, 3, 1, 2)
+    return planes
+
+
+def im2col_planar(planes: np.ndarray, f: int, n_H: int, out: np.ndarray) -> np.ndarray:
+    """The transposed im2col matrix of a stride-1 window, for inputs with few channels.
+
+    ``im2col`` copies one short run of ``f*n_C`` values per window row: for the first layer
+    of an RGB network (f*n_C = 12) that is a million tiny copies per batch. Here the
+    output is computed on the padded width instead: position ``(h, w)`` for every w in
+    ``0..n_W_pad-1``, of which the last ``f - 1`` per row are junk (they wrap onto the
+    next row) and are dropped by the caller. Then, for kernel offset ``(i, j)`` and channel
+    ``ch``, the input values of all positions of one example form ONE contiguous run of the
+    flattened plane, starting at ``i*n_W_pad + j``: ``f*f*n_C`` long copies per example.
+
+    Args:
+        planes: (c, n_C, n_H_pad + 1, n_W_pad) from ``planar_images``.
+        f: window size (stride 1); n_H: output height, ``n_H_pad - f + 1``.
+        out: buffer with at least ``f*f*n_C * c*n_H*n_W_pad`` elements to write into.
+
+    Returns:
+        colsT, (f*f*n_C, c*n_H*n_W_pad): rows in the order of ``W.reshape(f*f*n_C, -1)``,
+        (i, j, ch); columns (example, h, w) over the padded width.
+    """
+    c, n_C, _, n_W_pad = planes.shape
+    run = n_H * n_W_pad  # output positions per example, junk columns included
+    item = planes.itemsize
+    runs = np.lib.stride_tricks.as_strided(  # (f, f, n_C, c, run), a read-only view
+        planes,
+        shape=(f, f, n_C, c, run),
+        strides=(n_W_pad * item, item, planes.strides[1], planes.strides[0], item),
+        writeable=False,
+    )
+    size = f * f * n_C * c * run
+    dst = out.reshape(-1)[:size].reshape(f, f, n_C, c, run)
+    np.copyto(dst, runs)
+    return dst.reshape(f * f * n_C, c * run)
+
+
 def col2im_add(
     dA_pad: np.ndarray, dcols: np.ndarray, f: int, stride: int, n_H: int, n_W: int
 ) -> None:

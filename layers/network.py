@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
+from layers.parallel import one_blas_thread
 
 
 def check_same_arrays(
@@ -105,8 +106,9 @@ class Network:
         return self._run(self.check_input(X), training)
 
     def _run(self, X: np.ndarray, training: bool) -> np.ndarray:
-        for layer in self.layers:
-            X = layer.forward(X, training)
+        with one_blas_thread():  # the layers' own threads share the batch out (parallel.py)
+            for layer in self.layers:
+                X = layer.forward(X, training)
         return X
 
     def backward(self, dout: np.ndarray) -> None:
@@ -114,8 +116,9 @@ class Network:
 
         The first layer is told ``input_grad=False``: nobody needs dL/dX of the input.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            dout = self.layers[i].backward(dout, input_grad=i > 0)
+        with one_blas_thread():
+            for i in range(len(self.layers) - 1, -1, -1):
+                dout = self.layers[i].backward(dout, input_grad=i > 0)
 
     def predict(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class labels (m,) int64: argmax of the outputs, evaluated in batches, no dropout."""

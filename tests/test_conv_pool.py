@@ -177,6 +177,34 @@ def test_max_pool_with_many_ties_routes_exactly_one_gradient_per_window(f, strid
     assert np.isclose(dA_prev.sum(), dout.sum())
 
 
+def test_max_pool_routes_inside_each_window_even_for_nan_inputs():
+    """A NaN window has no maximum to find: its gradient still lands in the window."""
+    A = np.arange(2 * 8 * 8 * 3, dtype=np.float64).reshape(2, 8, 8, 3)
+    A[0, 1, 2, 0] = np.nan
+    pool = Pool2D(4, 4, "max")
+    pool.build(A.shape[1:], dtype=np.float64)
+    out = pool.forward(A)
+    assert np.isnan(out[0, 0, 0, 0]) and np.isfinite(out[1]).all()
+    dA_prev = pool.backward(np.ones_like(out))
+    assert dA_prev.sum() == out.size
+    assert dA_prev[0, :4, :4, 0].sum() == 1  # the NaN window's share stays in it
+
+
+def test_max_pool_reads_strided_inputs():
+    """The planar convolution hands pooling a view with gaps between rows."""
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal((3, 8, 11, 2))
+    A = wide[:, :, :8, :]  # not contiguous
+    pool = Pool2D(4, 4, "max")
+    pool.build(A.shape[1:], dtype=np.float64)
+    out = pool.forward(A)
+    dout = rng.standard_normal(out.shape)
+    dA = pool.backward(dout)
+    out_ref, cache = reference.pool_forward(np.ascontiguousarray(A), {"f": 4, "stride": 4}, "max")
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_allclose(dA, reference.pool_backward(dout, cache, "max"), atol=TOL)
+
+
 # -- numerical gradient checks -------------------------------------------------------
 
 
@@ -245,21 +273,64 @@ def test_float32_agrees_with_float64_reference():
     np.testing.assert_allclose(Z, Z_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_large_batch_is_chunked_and_equal_to_one_chunk(monkeypatch):
+def conv_results(conv, A, dZ, training=True):
+    """Z, dA_prev, dW and db of one forward and backward pass."""
+    Z = conv.forward(A, training)
+    dA = conv.backward(dZ)
+    return Z, dA, conv.grads["W"].copy(), conv.grads["b"].copy()
+
+
+@pytest.mark.parametrize("n_C_prev", [2, 6], ids=["planar", "rows"])
+def test_large_batch_is_chunked_and_equal_to_one_chunk(monkeypatch, n_C_prev):
     """Chunking over the batch is invisible: results equal a single big chunk."""
     import layers.conv
 
     rng = np.random.default_rng(2)
-    A = rng.standard_normal((9, 6, 6, 2))
+    A = rng.standard_normal((9, 6, 6, n_C_prev))
     conv = built_conv(3, 3, 1, 1, A.shape[1:], rng)
+    assert conv.planar == (n_C_prev == 2)
     dZ = rng.standard_normal((9, 6, 6, 3))
-    Z_big = conv.forward(A)
-    dA_big = conv.backward(dZ)
-    dW_big = conv.grads["W"].copy()
+    big = conv_results(conv, A, dZ)
     monkeypatch.setattr(layers.conv, "CHUNK_BYTES", 1)  # one example per chunk
-    np.testing.assert_allclose(conv.forward(A), Z_big, rtol=0, atol=TOL)
-    np.testing.assert_allclose(conv.backward(dZ), dA_big, rtol=0, atol=TOL)
-    np.testing.assert_allclose(conv.grads["W"], dW_big, rtol=0, atol=TOL)
+    monkeypatch.setattr(layers.conv, "PLANAR_CHUNK_BYTES", 1)
+    for small, expected in zip(conv_results(conv, A, dZ), big, strict=True):
+        np.testing.assert_allclose(small, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(("f", "stride", "pad"), [(4, 1, "same"), (3, 1, 0), (1, 1, 2)])
+def test_planar_path_equals_the_im2col_rows_path(monkeypatch, f, stride, pad):
+    """Few input channels at stride 1 take the planar path; it gives the rows path's
+    numbers, the output being a view of a wider array."""
+    import layers.conv
+
+    rng = np.random.default_rng(f)
+    A = rng.standard_normal((4, 9, 7, 3))
+    conv = built_conv(5, f, stride, pad, A.shape[1:], rng)
+    dZ = rng.standard_normal((4, *conv.output_shape(A.shape[1:])))
+    assert conv.planar
+    planar = conv_results(conv, A, dZ)
+    monkeypatch.setattr(layers.conv, "PLANAR_MAX_CHANNELS", 0)
+    assert not conv.planar
+    for got, expected in zip(planar, conv_results(conv, A, dZ), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+def test_kept_columns_give_what_recomputed_columns_give(monkeypatch):
+    """A training forward keeps the im2col matrix for backward when it is small; an
+    evaluation forward, or a big one, leaves backward to recompute it."""
+    import layers.conv
+
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((5, 8, 8, 6))
+    conv = built_conv(4, 3, 2, "same", A.shape[1:], rng)
+    dZ = rng.standard_normal((5, *conv.output_shape(A.shape[1:])))
+    kept = conv_results(conv, A, dZ)
+    assert conv.cache[2] is not None
+    monkeypatch.setattr(layers.conv, "KEEP_COLS_BYTES", 0)
+    recomputed = conv_results(conv, A, dZ)
+    assert conv.cache[2] is None
+    for got, expected in zip(recomputed, kept, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_first_layer_can_skip_the_input_gradient():

@@ -7,9 +7,13 @@ import threading
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from layers import parallel
+from layers.base import Layer
 from layers.conv import Conv2D
+from layers.dense import Dense
+from layers.network import Network
 from layers.pool import Pool2D
 
 
@@ -109,18 +113,20 @@ def run_layer(layer, X: np.ndarray, dout_seed: int = 1) -> tuple[np.ndarray, ...
     return (out, dX, *(layer.grads[k] for k in sorted(layer.grads)))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Conv2D(4, f=3, pad="same"),
-    lambda: Conv2D(5, f=4, stride=2, pad=1),
-    lambda: Pool2D(2, 2, mode="max"),
-    lambda: Pool2D(3, 1, mode="max"),
-    lambda: Pool2D(4, 4, mode="max"),  # the routed backward
-    lambda: Pool2D(3, 2, mode="average"),
-    lambda: Pool2D(2, 2, mode="average"),
-], ids=["conv-same", "conv-strided", "max-2", "max-overlap", "max-routed", "avg-overlap", "avg"])
-def test_layers_give_the_same_numbers_with_threads(threads, make):
+@pytest.mark.parametrize(("make", "n_C"), [
+    (lambda: Conv2D(4, f=3, pad="same"), 3),  # the planar path
+    (lambda: Conv2D(4, f=3, pad="same"), 6),  # im2col rows, kept for backward
+    (lambda: Conv2D(5, f=4, stride=2, pad=1), 3),
+    (lambda: Pool2D(2, 2, mode="max"), 3),
+    (lambda: Pool2D(3, 1, mode="max"), 3),
+    (lambda: Pool2D(4, 4, mode="max"), 3),
+    (lambda: Pool2D(3, 2, mode="average"), 3),
+    (lambda: Pool2D(2, 2, mode="average"), 3),
+], ids=["conv-planar", "conv-rows", "conv-strided", "max-2", "max-overlap", "max-4",
+        "avg-overlap", "avg"])
+def test_layers_give_the_same_numbers_with_threads(threads, make, n_C):
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((7, 12, 12, 3))
+    X = rng.standard_normal((7, 12, 12, n_C))
     X[0, :4, :4] = 1.0  # ties in max windows
     results = []
     for n in (1, 3):
@@ -132,21 +138,51 @@ def test_layers_give_the_same_numbers_with_threads(threads, make):
         np.testing.assert_array_equal(single, threaded)
 
 
-def test_the_pipeline_sets_openblas_idle_threads_before_numpy_loads():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+class BlasThreadProbe(Layer):
+    """Records how many threads NumPy's BLAS may use while the layer runs."""
 
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    env["PYTHONPATH"] = str(root)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c",
-         "import os, pipeline.__main__; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "16"
-    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()]
-    assert imported.index("layers") < imported.index("numpy")
+    def __init__(self) -> None:
+        super().__init__("probe")
+        self.seen: list[int] = []
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+    def _record(self, X: np.ndarray) -> np.ndarray:
+        self.seen.append(blas_threads())
+        return X
+
+    def forward(self, X, training=True):
+        return self._record(X)
+
+    def backward(self, dout, input_grad=True):
+        return self._record(dout)
+
+
+def blas_threads() -> int:
+    return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_a_network_holds_blas_to_one_thread_while_it_computes():
+    """The layers' own threads share the batch out; BLAS threads would compete with them.
+    Outside the network, BLAS gets its threads back."""
+    with threadpool_limits(2, user_api="blas"):
+        probe = BlasThreadProbe()
+        net = Network([probe, Dense(3, name="dense")])
+        net.build((4,), seed=0, dtype=np.float64)
+        net.forward(np.ones((2, 4)))
+        net.backward(np.ones((2, 3)))
+        net.predict(np.ones((2, 4)))
+        assert probe.seen == [1, 1, 1]
+        assert blas_threads() == 2
+
+
+def test_over_batch_holds_blas_to_one_thread_only_while_slices_run_in_parallel(threads):
+    seen = []
+    with threadpool_limits(2, user_api="blas"):
+        threads(2)
+        parallel.over_batch(lambda a, b: seen.append(blas_threads()), 4, 1 << 30)
+        threads(1)
+        parallel.over_batch(lambda a, b: seen.append(blas_threads()), 4, 1 << 30)
+        assert seen == [1, 1, 2]
+        assert blas_threads() == 2
