@@ -134,6 +134,7 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
     )
     net.save(str(out_dir / WEIGHTS_FILE))
     save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)
+    tracker.log_model()  # logged by the tracking process while this one evaluates
     best = history.best_val_accuracy
     say(
         f"[train] {spec.name} ({net.num_params():,} params), {len(history.records)} epochs "
@@ -147,9 +148,7 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
          "best_val_accuracy": best}
         | {f"test_f1_{metric_name(k)}": v["f1"] for k, v in metrics["per_class"].items()}
     )
-    tracker.flush()
-    tracker.log_artifacts(out_dir)
-    tracker.log_model(out_dir)
+    tracker.log_artifacts()
     say(f"[evaluate] test loss {metrics['test_loss']:.4f}, written to {out_dir}")
     say(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return float(best if best is not None else metrics["test_accuracy"])

@@ -3,6 +3,9 @@
 Plots are drawn on ``matplotlib.figure.Figure`` objects and saved with ``savefig``, which
 renders PNG with the Agg canvas; pyplot is never imported, so no GUI backend is selected,
 no global state is touched and nothing needs a display.
+
+scikit-learn and matplotlib take a second to import: they load when this stage runs, not
+when the pipeline starts, so the tracking process (``pipeline.tracking``) starts first.
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
 from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
@@ -45,6 +45,12 @@ def evaluate(
     ``{precision, recall, f1}`` and ``confusion_matrix`` (K lists of K counts; row = true
     class, column = predicted class). Classes never predicted or absent get 0, not an error.
     """
+    from sklearn.metrics import (
+        classification_report,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     batch_size = check_positive_int("evaluate", "batch_size", batch_size)
     K = len(class_names)
     if net.output_shape != (K,):
@@ -103,6 +109,8 @@ def evaluate(
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) -> None:
     """Save the (K, K) count matrix ``cm`` (rows = true, columns = predicted) as a PNG."""
+    from matplotlib.figure import Figure
+
     K = len(class_names)
     size = 2.5 + 0.6 * K
     fig = Figure(figsize=(size + 1.0, size), layout="constrained")
@@ -126,6 +134,9 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
 def plot_learning_curve(history: History, path: Path) -> None:
     """Save loss and accuracy per epoch (train and, if any, validation) as a PNG, with the
     best epoch marked."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     cols = history.as_columns()
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy"), strict=True):

@@ -30,7 +30,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.dataset import Dataset, Split
 
@@ -72,6 +71,8 @@ def stratified_split(
     y: np.ndarray, fraction: float, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)`` of a stratified, seeded split of labels y (m,)."""
+    from sklearn.model_selection import train_test_split  # slow import: when first needed
+
     try:
         return train_test_split(
             np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y

@@ -8,21 +8,31 @@ Every ``python -m pipeline`` run is one MLflow run (unless ``tracking.enabled=fa
   is reported within seconds (no stack of retries).
 * params: the composed config flattened to dotted keys (``model.conv1.f``);
 * tags: the data set, the Hydra overrides as typed, the git commit, the output directory;
-* metrics per epoch (``step=epoch``), buffered and sent in batches (one call per flush,
-  at most every ``FLUSH_SECONDS``), then the test metrics and per-class F1;
+* metrics per epoch (``step=epoch``), sent in batches (at most every 10 s, and at the
+  end), then the test metrics and per-class F1;
 * artifacts: ``.hydra/``, the weights, metrics, plots, report, and the network as an MLflow
   pyfunc model that predicts class labels from raw uint8 images;
 * sweeps: a multirun job's run is a child of the sweep's parent run (``pipeline.sweep``);
 * status: FINISHED, FAILED (with the error in the ``error`` tag and ``error.txt``) or
   KILLED (Ctrl-C or SIGTERM); what was logged so far and the last checkpoint stay.
+
+The MLflow calls run in a process of their own (``pipeline.tracking_worker``), started
+when the run begins: importing MLflow and opening the store there overlaps the loading and
+training here, on another core. ``Tracker`` hands it messages and never waits, except at
+the end of the run, for the run to be ended. A tracking error stops the pipeline at its
+next message (or at the end), with MLflow's message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
 import signal
 import subprocess
+import sys
+import threading
 import time
 import traceback
 import urllib.error
@@ -33,15 +43,18 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.tracking_worker import RUN_FILES
+
 if TYPE_CHECKING:
     from pipeline.sweep import SweepParent
 
-FLUSH_SECONDS = 10.0
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-RUN_FILES = (
-    "weights.npz", "model.json", "normalizer.json", "metrics.json",
-    "classification_report.txt", "confusion_matrix.png", "learning_curve.png",
-)
+END_TIMEOUT = 300.0  # seconds to wait for the tracking process to end the run
+ROOT = Path(__file__).resolve().parents[1]  # holds the pipeline package
+
+
+class TrackingError(RuntimeError):
+    """The tracking process failed; the message is MLflow's."""
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -90,59 +103,84 @@ def experiment_name(cfg: DictConfig) -> str:
     return cfg.tracking.experiment or f"pipeline-{cfg.data.name}"
 
 
-def git_commit() -> str | None:
-    """The commit of the code being run, when it lives in a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 class Tracker:
-    """One MLflow run. A disabled tracker (``Tracker(None)``) accepts every call and
-    does nothing, so the pipeline never branches on tracking."""
+    """The pipeline's side of one MLflow run: messages for the tracking process.
 
-    def __init__(self, run_id: str | None, client: Any = None) -> None:
-        self.run_id, self.client = run_id, client
-        self.pending: list[Any] = []  # metrics not sent yet
-        self.last_flush = time.monotonic()
+    A disabled tracker (``Tracker(None)``) accepts every call and does nothing, so the
+    pipeline never branches on tracking. Messages go out through a queue and a writer
+    thread, so a call never blocks the training loop, even while the tracking process is
+    still importing MLflow; replies come back through a reader thread.
+    """
+
+    def __init__(self, process: subprocess.Popen[str] | None, uri: str = "") -> None:
+        self.process, self.uri = process, uri
+        self.run_id: str | None = None  # once the tracking process has started the run
+        self.error: str | None = None  # the tracking process's error, once it reports one
+        self._ended = False  # the tracking process ended the run
+        self._done = threading.Event()  # the run ended, or the tracking process failed
+        self._outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        if process is not None:
+            threading.Thread(target=self._write, daemon=True, name="tracking-out").start()
+            threading.Thread(target=self._read, daemon=True, name="tracking-in").start()
+
+    @classmethod
+    def start(cls, **start: Any) -> Tracker:
+        """Start the tracking process and send it the ``start`` message."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.tracking_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            start_new_session=True,  # Ctrl-C goes to the pipeline, which ends the run
+        )
+        tracker = cls(process, start["uri"])
+        tracker._send(op="start", **start)
+        return tracker
 
     @property
     def enabled(self) -> bool:
-        return self.run_id is not None
+        return self.process is not None
 
-    def log_params(self, params: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Param
+    def _send(self, **message: Any) -> None:
+        self._raise_error()
+        self._outbox.put(message)
 
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+    def _raise_error(self) -> None:
+        if self.error:
+            raise TrackingError(f"MLflow tracking at {self.uri} failed: {self.error}")
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import RunTag
+    def _write(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        while (message := self._outbox.get()) is not None:
+            try:
+                self.process.stdin.write(json.dumps(message) + "\n")
+                self.process.stdin.flush()
+            except OSError:  # the process is gone; the reader reports why
+                return
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            event = json.loads(line)
+            if event["event"] == "started":
+                self.run_id = event["run_id"]
+            elif event["event"] == "ended":
+                self._ended = True
+                self._done.set()
+            elif event["event"] == "error":
+                self.error = event["message"]
+        if not self._ended and self.error is None:
+            self.error = f"the tracking process exited with code {self.process.wait()}"
+        self._done.set()
+        self.process.wait()  # reaped here: the pipeline need not wait for it to exit
 
     def log_metrics(self, metrics: dict[str, float | None], step: int = 0) -> None:
-        """Buffer metrics (None values are skipped); sent at most every FLUSH_SECONDS."""
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [
-            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None
-        ]
-        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-            self.flush()
+        """Metrics at ``step`` (None values are skipped)."""
+        if self.enabled:
+            self._send(op="metrics", step=step, timestamp=int(time.time() * 1000),
+                       metrics={k: float(v) for k, v in metrics.items() if v is not None})
 
     def log_epoch(self, record: Any) -> None:
         """A ``pipeline.train.EpochRecord``: the training curves, with ``step=epoch``."""
@@ -152,32 +190,32 @@ class Tracker:
             step=record.epoch,
         )
 
-    def flush(self) -> None:
-        if self.enabled and self.pending:
-            for i in range(0, len(self.pending), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
-            self.pending = []
-        self.last_flush = time.monotonic()
+    def log_artifacts(self, names: tuple[str, ...] = RUN_FILES) -> None:
+        """Those of ``names`` (paths in the run directory) that exist."""
+        if self.enabled:
+            self._send(op="artifacts", names=list(names))
 
-    def log_artifacts(self, out_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
-        """The run's ``.hydra/`` folder and those of ``names`` that exist in ``out_dir``."""
+    def log_model(self) -> None:
+        """The run directory's trained network, as a pyfunc model."""
+        if self.enabled:
+            self._send(op="model")
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """End the run with ``status`` and wait until the tracking process has done so.
+
+        Raises TrackingError when the tracking process failed, or did not end the run
+        within ``END_TIMEOUT`` seconds (it is then killed). The process exits on its own
+        once it has replied; the reader thread reaps it."""
         if not self.enabled:
             return
-        if (out_dir / ".hydra").is_dir():
-            self.client.log_artifacts(self.run_id, str(out_dir / ".hydra"), ".hydra")
-        for name in names:
-            path = out_dir / name
-            if path.is_file():
-                folder = Path(name).parent.as_posix()
-                self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
-
-    def log_model(self, out_dir: Path) -> str | None:
-        """Log the trained network as a pyfunc model; returns its URI."""
-        if not self.enabled:
-            return None
-        from pipeline.mlflow_model import log_pyfunc_model
-
-        return log_pyfunc_model(out_dir)
+        assert self.process is not None
+        self._outbox.put({"op": "end", "status": status, "error": error})
+        self._outbox.put(None)  # then close its input
+        if not self._done.wait(END_TIMEOUT):
+            self.process.kill()
+            raise TrackingError(
+                f"MLflow tracking at {self.uri} did not end the run in {END_TIMEOUT:.0f} s")
+        self._raise_error()
 
 
 def _interrupt_on_sigterm() -> Any:
@@ -199,47 +237,36 @@ def tracked_run(
     """Start the MLflow run for ``cfg`` (or a disabled tracker) and end it with the right
     status: FINISHED, FAILED (error recorded) or KILLED. A sweep job's run is a child of
     the sweep's ``parent`` run, in the parent's store and experiment."""
-    t = cfg.tracking
-    if not t.enabled:
+    if not cfg.tracking.enabled:
         yield Tracker(None)
         return
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet console
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = parent.tracking_uri if parent else resolve_uri(t.uri)
+    uri = parent.tracking_uri if parent else resolve_uri(cfg.tracking.uri)
     check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    if parent:
-        run = mlflow.start_run(
-            experiment_id=parent.experiment_id, run_name=run_name or out_dir.name,
-            parent_run_id=parent.run_id,
-        )
-    else:
-        mlflow.set_experiment(experiment_name(cfg))
-        run = mlflow.start_run(run_name=run_name or out_dir.name)
-    tracker = Tracker(run.info.run_id, MlflowClient(uri))
+    tracker = Tracker.start(
+        uri=uri, experiment=experiment_name(cfg), run_name=run_name or out_dir.name,
+        parent=None if parent is None else
+        {"run_id": parent.run_id, "experiment_id": parent.experiment_id},
+        tags=tags, params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        run_dir=str(out_dir.resolve()),
+    )
     old_handler = _interrupt_on_sigterm()
-    status = "FAILED"
+    status, error = "FAILED", None
     try:
-        tracker.set_tags({**tags, **({"git_commit": c} if (c := git_commit()) else {})})
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         yield tracker
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except BaseException as e:
-        tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        error = f"{type(e).__name__}: {e}"
         (out_dir / "error.txt").write_text(traceback.format_exc())
-        tracker.log_artifacts(out_dir, ("error.txt",))
         raise
     finally:
         try:
-            tracker.flush()
-            if status != "FINISHED":  # keep what exists: config, last checkpoint, files
-                tracker.log_artifacts(out_dir, (*RUN_FILES, "checkpoints/last.npz"))
+            tracker.end(status, error)
+        except TrackingError:
+            if status == "FINISHED":
+                raise  # otherwise the run's own error is the one to see
         finally:
-            mlflow.end_run(status)
             if old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import __main__ as entry  # noqa: E402
 from pipeline.schemas import register_configs  # noqa: E402
-from pipeline.tracking import flatten, resolve_uri  # noqa: E402
+from pipeline.tracking import TrackingError, flatten, resolve_uri  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 register_configs()
@@ -162,6 +162,54 @@ def test_sigterm_ends_the_run_killed(tmp_path):
         proc.kill()
     _, run = only_run(uri)
     assert run.info.status == "KILLED"
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_killed_pipeline_process_leaves_its_run_killed_with_its_checkpoint(tmp_path):
+    """kill -9 gives the pipeline no chance to end its run: the tracking process sees its
+    input close and ends the run KILLED, keeping the last checkpoint."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert all_runs(uri) == []  # the store exists before the run: polled below, not created
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "trainer.epochs=100000", "trainer.progress=false",
+         f"data.cache_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        checkpoint = tmp_path / "run" / "checkpoints" / "last.npz"
+        wait_for(lambda: checkpoint.exists() or proc.poll() is not None, 120, "no epoch")
+        assert proc.poll() is None, "the run ended by itself"
+        wait_for(lambda: any(r.info.status == "RUNNING" for r in all_runs(uri)), 60,
+                 "the run never started")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    wait_for(lambda: all_runs(uri)[0].info.status != "RUNNING", 60, "the run stayed RUNNING")
+    client, run = only_run(uri)
+    assert run.info.status == "KILLED"
+    assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def all_runs(uri: str):
+    client = MlflowClient(uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_a_store_that_cannot_be_opened_stops_the_run_with_mlflows_reason(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=3", "trainer.progress=false",
+                   f"data.cache_dir={tmp_path / 'data'}")
+    with pytest.raises(TrackingError, match=r"MLflow tracking at sqlite:///.*a_file.* failed"):
+        entry.run(cfg, tmp_path / "out")
 
 
 def free_port() -> int:
