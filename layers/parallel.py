@@ -77,7 +77,8 @@ if hasattr(os, "register_at_fork"):
 
 def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
     """A context in which BLAS runs on one thread (a no-op without threadpoolctl); the
-    thread counts are restored on exit. Entering costs a few microseconds."""
+    thread counts are restored on exit. Entering costs a few microseconds. The BLAS
+    libraries are those loaded when this is first called (NumPy's)."""
     global _blas
     if _blas is None:
         try:

@@ -163,7 +163,14 @@ def blas_threads() -> int:
     return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
 
-def test_a_network_holds_blas_to_one_thread_while_it_computes():
+@pytest.fixture
+def fresh_blas_controller(monkeypatch):
+    """layers.parallel finds the BLAS libraries once, at first use; other tests may have
+    loaded more since (SciPy's own OpenBLAS): find them again."""
+    monkeypatch.setattr(parallel, "_blas", None)
+
+
+def test_a_network_holds_blas_to_one_thread_while_it_computes(fresh_blas_controller):
     """The layers' own threads share the batch out; BLAS threads would compete with them.
     Outside the network, BLAS gets its threads back."""
     with threadpool_limits(2, user_api="blas"):
@@ -177,7 +184,9 @@ def test_a_network_holds_blas_to_one_thread_while_it_computes():
         assert blas_threads() == 2
 
 
-def test_over_batch_holds_blas_to_one_thread_only_while_slices_run_in_parallel(threads):
+def test_over_batch_holds_blas_to_one_thread_only_while_slices_run_in_parallel(
+    threads, fresh_blas_controller
+):
     seen = []
     with threadpool_limits(2, user_api="blas"):
         threads(2)
