@@ -45,6 +45,7 @@ from layers.im2col import (
     planar_images,
     resolve_padding,
 )
+from layers.parallel import scratch
 
 # Bytes of im2col buffer per chunk: big enough for efficient matrix products, small
 # enough to stay in cache and keep memory bounded for any batch size.
@@ -103,6 +104,7 @@ class Conv2D(Layer):
             raise ValueError(f"{label}: pad must be an int >= 0, 'same' or 'valid', got {pad!r}")
         self.pad: int | str = pad if isinstance(pad, str) else int(pad)
         self._kept_buf: np.ndarray | None = None  # im2col matrix kept for backward
+        self._padded: np.ndarray | None = None  # the last padded input, reused when it fits
 
     def config(self) -> dict[str, Any]:
         return {"filters": self.filters, "f": self.f, "stride": self.stride, "pad": self.pad}
@@ -165,9 +167,12 @@ class Conv2D(Layer):
         else A_pad (m, n_H_pad, n_W_pad, n_C_prev) and n_W."""
         padding = self.padding(*X.shape[1:3])
         if self.planar:
-            planes = planar_images(X, padding)
-            return planes, planes.shape[-1]
-        return pad_images(X, padding), self.output_shape(X.shape[1:])[1]
+            self._padded = planar_images(X, padding, reuse=self._padded)
+            return self._padded, self._padded.shape[-1]
+        A_pad = pad_images(X, padding, reuse=self._padded)
+        if A_pad is not X:  # X itself when there is no padding: never ours to reuse
+            self._padded = A_pad
+        return A_pad, self.output_shape(X.shape[1:])[1]
 
     def _cols(self, inputs: np.ndarray, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """The im2col matrix of examples ``start:stop`` written into ``out``, as
@@ -199,7 +204,7 @@ class Conv2D(Layer):
             kept = self._kept_buffer(size)  # planar columns are cheaper to recompute
 
         def work(first: int, last: int) -> None:  # chunks first..last-1
-            buf = kept if kept is not None else np.empty(chunk * positions * K, self.dtype)
+            buf = kept if kept is not None else scratch("cols", chunk * positions * K, self.dtype)
             for start in range(first * chunk, min(last * chunk, m), chunk):
                 stop = min(start + chunk, m)
                 out = buf[start * positions * K :] if kept is not None else buf
@@ -253,10 +258,13 @@ class Conv2D(Layer):
             )
 
         def work(first: int, last: int) -> None:  # chunks first..last-1
-            buf = None if kept_cols is not None else np.empty(chunk * positions * K, self.dtype)
+            size = chunk * positions * K
+            buf = None if kept_cols is not None else scratch("cols", size, self.dtype)
             ones = np.ones(chunk * n_H * n_W, dtype=self.dtype)  # db as a product: fast
             if self.planar:  # dZ over the padded width, zeros under the extra columns
-                dZ_out = np.zeros((chunk, n_H, n_W_out, n_C), dtype=self.dtype)
+                dZ_out = scratch("dZ", chunk * positions * n_C, self.dtype)
+                dZ_out = dZ_out.reshape(chunk, n_H, n_W_out, n_C)  # a view
+                dZ_out[:, :, n_W:, :] = 0
             for k in range(first, last):
                 start, stop = k * chunk, min(k * chunk + chunk, m)
                 dZ_chunk = dZ_flat[start * n_H * n_W : stop * n_H * n_W]  # (c*n_H*n_W, n_C)

@@ -60,17 +60,20 @@ def resolve_padding(pad: int | str, n_H: int, n_W: int, f: int, stride: int) -> 
     return (int(pad), int(pad), int(pad), int(pad))
 
 
-def pad_images(X: np.ndarray, padding: Padding) -> np.ndarray:
+def pad_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = None) -> np.ndarray:
     """Zero-pad height and width of ``X`` (m, n_H, n_W, n_C) by ``(top, bottom, left, right)``.
 
-    Returns a new array (m, n_H + top + bottom, n_W + left + right, n_C) of X's dtype;
-    returns X itself when there is no padding.
+    Returns an array (m, n_H + top + bottom, n_W + left + right, n_C) of X's dtype, new or
+    ``reuse`` (an earlier result for the same shapes and padding, whose padding is zero
+    already); returns X itself when there is no padding.
     """
     top, bottom, left, right = padding
     if not any(padding):
         return X
     m, n_H, n_W, n_C = X.shape
-    out = np.zeros((m, n_H + top + bottom, n_W + left + right, n_C), dtype=X.dtype)
+    shape = (m, n_H + top + bottom, n_W + left + right, n_C)
+    ok = reuse is not None and reuse.shape == shape and reuse.dtype == X.dtype
+    out = reuse if ok else np.zeros(shape, dtype=X.dtype)
     out[:, top : top + n_H, left : left + n_W, :] = X
     return out
 
@@ -115,16 +118,20 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     return cols.reshape(m * n_H * n_W, f * f * n_C)
 
 
-def planar_images(X: np.ndarray, padding: Padding) -> np.ndarray:
+def planar_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = None) -> np.ndarray:
     """Zero-pad ``X`` (m, n_H, n_W, n_C) into channel planes for ``im2col_planar``.
 
     Returns (m, n_C, n_H + top + bottom + 1, n_W + left + right) of X's dtype: each
     channel a padded image, plus one extra zero row at the bottom so that every kernel
     offset of a stride-1 window reads one contiguous run (see ``im2col_planar``).
+    ``reuse``: an earlier result for the same shapes and padding, overwritten (its
+    padding is zero already) instead of allocating a new array.
     """
     top, bottom, left, right = padding
     m, n_H, n_W, n_C = X.shape
-    planes = np.zeros((m, n_C, n_H + top + bottom + 1, n_W + left + right), dtype=X.dtype)
+    shape = (m, n_C, n_H + top + bottom + 1, n_W + left + right)
+    ok = reuse is not None and reuse.shape == shape and reuse.dtype == X.dtype
+    planes = reuse if ok else np.zeros(shape, dtype=X.dtype)
     planes[:, :, top : top + n_H, left : left + n_W] = X.transpose(0, 3, 1, 2)
     return planes
 

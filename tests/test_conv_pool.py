@@ -333,6 +333,23 @@ def test_kept_columns_give_what_recomputed_columns_give(monkeypatch):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_padded_inputs_are_reused_but_never_the_callers_arrays():
+    """A layer keeps its last padded input to fill again; an unpadded input is the caller's
+    own array and is never written, even when a later input pads to its shape."""
+    n_C_prev = 3
+    rng = np.random.default_rng(6)
+    conv = built_conv(3, 2, 2, "same", (8, 8, n_C_prev), rng)  # pads 7x7 to 8x8, not 8x8
+    X8 = rng.standard_normal((2, 8, 8, n_C_prev))
+    X7 = rng.standard_normal((2, 7, 7, n_C_prev))
+    before = X8.copy()
+    fresh = built_conv(3, 2, 2, "same", (8, 8, n_C_prev), np.random.default_rng(0))
+    fresh.params = conv.params
+    for X in (X8, X7, X8, X7, X7):
+        np.testing.assert_array_equal(conv.forward(X), fresh.forward(X.copy()))
+        fresh._padded = None  # a fresh layer's view: nothing to reuse
+    np.testing.assert_array_equal(X8, before)
+
+
 def test_first_layer_can_skip_the_input_gradient():
     rng = np.random.default_rng(0)
     A = rng.standard_normal((2, 5, 5, 1))
