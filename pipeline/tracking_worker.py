@@ -18,13 +18,14 @@ Protocol: one JSON object per line on stdin, carried out in order::
 and one JSON object per line back on stdout: ``{"event": "started", "run_id"}``,
 ``{"event": "ended", "status"}`` or ``{"event": "error", "message"}`` (after which the
 process ends; the run, if it started, ends FAILED with the message). Metrics are sent in
-batches: at most every ``FLUSH_SECONDS``, and at the end. Anything else written to stdout
-(MLflow's messages) goes to stderr, the pipeline's console.
+batches: at most every ``FLUSH_SECONDS``, when training is over (the ``model`` message) and
+at the end. Anything else written to stdout (MLflow's messages) goes to stderr, the
+pipeline's console.
 
-SIGINT and SIGTERM are ignored: Ctrl-C reaches the whole process group, and the pipeline
-decides how its run ends (KILLED). If the pipeline's process goes away without saying
-(``kill -9``), stdin closes and the run ends KILLED here, keeping the files logged so far
-and the run directory's last checkpoint.
+The process runs in a session of its own and ignores SIGINT and SIGTERM: the pipeline
+decides how its run ends (Ctrl-C or SIGTERM: KILLED). If the pipeline's process goes away
+without saying (``kill -9``), stdin closes and the run ends KILLED here, keeping the files
+logged so far and the run directory's last checkpoint.
 """
 
 from __future__ import annotations
