@@ -71,11 +71,16 @@ def pad_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = None)
     if not any(padding):
         return X
     m, n_H, n_W, n_C = X.shape
-    shape = (m, n_H + top + bottom, n_W + left + right, n_C)
-    ok = reuse is not None and reuse.shape == shape and reuse.dtype == X.dtype
-    out = reuse if ok else np.zeros(shape, dtype=X.dtype)
+    out = _zeros(reuse, (m, n_H + top + bottom, n_W + left + right, n_C), X.dtype)
     out[:, top : top + n_H, left : left + n_W, :] = X
     return out
+
+
+def _zeros(reuse: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``reuse`` when it has this shape and dtype (its padding is still zero), else zeros."""
+    if reuse is not None and reuse.shape == shape and reuse.dtype == dtype:
+        return reuse
+    return np.zeros(shape, dtype=dtype)
 
 
 def offset_slices(i: int, j: int, n_H: int, n_W: int, stride: int) -> tuple[slice, slice]:
@@ -129,9 +134,7 @@ def planar_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = No
     """
     top, bottom, left, right = padding
     m, n_H, n_W, n_C = X.shape
-    shape = (m, n_C, n_H + top + bottom + 1, n_W + left + right)
-    ok = reuse is not None and reuse.shape == shape and reuse.dtype == X.dtype
-    planes = reuse if ok else np.zeros(shape, dtype=X.dtype)
+    planes = _zeros(reuse, (m, n_C, n_H + top + bottom + 1, n_W + left + right), X.dtype)
     planes[:, :, top : top + n_H, left : left + n_W] = X.transpose(0, 3, 1, 2)
     return planes
 

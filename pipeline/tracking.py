@@ -114,7 +114,6 @@ class Tracker:
 
     def __init__(self, process: subprocess.Popen[str] | None, uri: str = "") -> None:
         self.process, self.uri = process, uri
-        self.run_id: str | None = None  # once the tracking process has started the run
         self.error: str | None = None  # the tracking process's error, once it reports one
         self._ended = False  # the tracking process ended the run
         self._done = threading.Event()  # the run ended, or the tracking process failed
@@ -164,9 +163,7 @@ class Tracker:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             event = json.loads(line)
-            if event["event"] == "started":
-                self.run_id = event["run_id"]
-            elif event["event"] == "ended":
+            if event["event"] == "ended":
                 self._ended = True
                 self._done.set()
             elif event["event"] == "error":
