@@ -9,7 +9,6 @@ sweepers can optimise it.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import make_optimizer
@@ -27,15 +26,12 @@ from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
-from pipeline.sweep import SweepParent, current_parent
-from pipeline.tracking import Tracker, tracked_run
+from pipeline.sweep import current_parent, job_started_at
+from pipeline.tracking.names import flatten
+from pipeline.tracking.run import SweepParent, Tracker, tracked_run
+from pipeline.tracking.store import TrackingError
 
 log = logging.getLogger("pipeline")
-
-
-def metric_name(text: str) -> str:
-    """``text`` with the characters MLflow does not allow in metric names replaced."""
-    return re.sub(r"[^\w\-. /]", "_", text)
 
 
 def say(message: str) -> None:
@@ -62,16 +58,17 @@ def data_files(cfg: DictConfig) -> tuple[Path, Path]:
 
 def run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
-    parent: SweepParent | None = None,
+    parent: SweepParent | None = None, started_at: float | None = None,
 ) -> float:
     """Run every stage for a composed config, as one tracked run (unless
-    ``tracking.enabled=false``), a child of ``parent`` in a sweep; return the best
-    validation accuracy. A config that cannot work fails before any data is read, and is
-    recorded as a FAILED run like any other error."""
+    ``tracking.enabled=false``) that started at ``started_at`` (default: now), a child of
+    ``parent`` in a sweep; return the best validation accuracy. A config that cannot work
+    fails before any data is read, and is recorded as a FAILED run like any other error.
+    A single run registers its model as ``tracking.register_model`` when set; in a sweep,
+    the sweep registers its best child's model instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tags = {"dataset": cfg.data.name, "overrides": " ".join(overrides), "output_dir": str(out_dir)}
-    name = parent.child_run_name(list(overrides), out_dir.name) if parent else None
-    with tracked_run(cfg, out_dir, tags, run_name=name, parent=parent) as tracker:
+    register_as = None if parent else cfg.tracking.register_model
+    with tracked_run(cfg, out_dir, overrides, parent, started_at, register_as) as tracker:
         spec = validate(cfg)
         d = cfg.data
         # The geometry too: a layer stack that does not fit the images fails here.
@@ -96,6 +93,7 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
             f"data: images are {'x'.join(map(str, data.image_shape))} but the config says "
             f"data.image_size={d.image_size}, data.channels={d.channels}"
         )
+    tracker.log_datasets(data, train_path, test_path)
     say(
         f"[load] {d.name}: train {len(data.train)}, val {len(data.val)}, test "
         f"{len(data.test)} images {'x'.join(map(str, data.image_shape))}, "
@@ -134,7 +132,6 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
     )
     net.save(str(out_dir / WEIGHTS_FILE))
     save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)
-    tracker.log_model()  # logged by the tracking process while this one evaluates
     best = history.best_val_accuracy
     say(
         f"[train] {spec.name} ({net.num_params():,} params), {len(history.records)} epochs "
@@ -143,11 +140,8 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
     )
 
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
-    tracker.log_metrics(
-        {"test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"],
-         "best_val_accuracy": best}
-        | {f"test_f1_{metric_name(k)}": v["f1"] for k, v in metrics["per_class"].items()}
-    )
+    tracker.log_model(out_dir, spec.name, flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_results(metrics, best, history.best_epoch)
     tracker.log_artifacts()
     say(f"[evaluate] test loss {metrics['test_loss']:.4f}, written to {out_dir}")
     say(f"test accuracy: {metrics['test_accuracy']:.4f}")
@@ -160,9 +154,14 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    return run(
-        cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, current_parent()
-    )
+    parent = current_parent()
+    try:
+        return run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, parent,
+                   job_started_at())
+    except TrackingError as e:
+        if parent is not None:
+            raise  # a sweep's job: Hydra records it as failed and the sweep goes on
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

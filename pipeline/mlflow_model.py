@@ -8,9 +8,10 @@ This file plays two roles:
   No object is pickled: the model is this code plus three artifact files from the run
   directory (``model.json``, ``weights.npz``, ``normalizer.json``), from which
   ``CNNModel.load_context`` rebuilds a ``Predictor``.
-- **Library.** ``log_pyfunc_model(run_dir)`` logs a finished run's network into the active
-  MLflow run and returns the model URI. Importing the module only defines things (and
-  registers a ``CNNModel`` with ``set_model``, which is harmless outside logging/loading).
+- **Library.** ``log_pyfunc_model(run_dir, name)`` logs a finished run's network into the
+  active MLflow run and returns MLflow's ``ModelInfo``. Importing the module only defines
+  things (and registers a ``CNNModel`` with ``set_model``, harmless outside logging and
+  loading).
 
 Dependencies: the model code imports ``pipeline.inference`` (and through it ``layers``),
 so the model loads wherever this project is installed (``pip install -e .``), which is the
@@ -38,12 +39,14 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.models import infer_signature, set_model
+from mlflow.models.model import ModelInfo
 
 from pipeline.inference import MODEL_FILE, NORMALIZER_FILE, WEIGHTS_FILE, Predictor
 
 # Artifact key -> the file name Predictor expects in a run directory.
 ARTIFACTS = {"model_card": MODEL_FILE, "weights": WEIGHTS_FILE, "normalizer": NORMALIZER_FILE}
 REQUIREMENTS = ("mlflow", "numpy", "omegaconf", "hydra-core")
+MODEL_TYPE = "numpy-cnn"  # the logged model's type on the Models page
 
 
 def _pinned(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
@@ -136,13 +139,22 @@ def default_input_example(input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def log_pyfunc_model(
-    run_dir: Path | str, name: str = "model", *, input_example: np.ndarray | None = None
-) -> str:
-    """Log the network of a finished run directory as a pyfunc model; return its URI.
+    run_dir: Path | str,
+    name: str = "model",
+    *,
+    input_example: np.ndarray | None = None,
+    params: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    registered_model_name: str | None = None,
+) -> ModelInfo:
+    """Log the network of a finished run directory as a pyfunc model named ``name``.
 
-    Must be called inside an active MLflow run (``mlflow.start_run``). The signature is
-    inferred from ``input_example`` (default: ``default_input_example``), a few raw uint8
-    images (m, n_H, n_W, n_C), and the predictions on it (int64 class values).
+    Must be called inside an active MLflow run (``mlflow.start_run``); returns MLflow's
+    ``ModelInfo`` (``model_id``, ``model_uri``, ``registered_model_version``). The signature
+    is inferred from ``input_example`` (default: ``default_input_example``), a few raw
+    uint8 images (m, n_H, n_W, n_C), and the predictions on it (int64 class values).
+    ``params`` and ``tags`` go on the logged model (the Models page shows them);
+    ``registered_model_name`` also registers it as a new version in the Model Registry.
     """
     run_dir = Path(run_dir).resolve()  # the artifacts' source paths are recorded in MLmodel
     if mlflow.active_run() is None:
@@ -152,15 +164,18 @@ def log_pyfunc_model(
         input_example = default_input_example(predictor.input_shape)
     example = as_images(input_example, predictor.input_shape)
     signature = infer_signature(example, predictor.predict(example).astype(np.int64))
-    info = mlflow.pyfunc.log_model(
+    return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).resolve()),
         artifacts={key: str(run_dir / filename) for key, filename in ARTIFACTS.items()},
         signature=signature,
         input_example=example,
         pip_requirements=_pinned(),
+        params=params,
+        tags=tags,
+        model_type=MODEL_TYPE,
+        registered_model_name=registered_model_name,
     )
-    return info.model_uri
 
 
 set_model(CNNModel())

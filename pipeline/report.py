@@ -3,7 +3,9 @@ sorted by the sweep's objective (best validation accuracy first).
 
 At the end of a sweep ``pipeline.sweep`` logs it on the parent run: ``sweep_summary.csv``,
 ``sweep_summary.txt`` (the readable table), ``objective_vs_params.png``, the ``best_run_id``
-tag and the best run's values as ``best.<key>`` params. In a terminal::
+tag, the best run's values as ``best.<key>`` params and its metrics as ``best_run/<column>``
+(with the objective itself under its own name), and registers the best run's model with
+``register_champion``. In a terminal::
 
     python -m pipeline.report                   # the latest sweep in the store
     python -m pipeline.report pipeline-digits   # the latest sweep of that experiment
@@ -17,16 +19,25 @@ import math
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pipeline.tracking import names
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-OBJECTIVE = "best_val_accuracy"  # what python -m pipeline returns to Hydra's sweepers
-METRICS = (OBJECTIVE, "val_loss", "test_accuracy", "test_loss")
+OBJECTIVE = "best_val_accuracy"  # the table's column of the sweep's objective
+COLUMNS = {  # the table's metric columns -> the child runs' metrics
+    OBJECTIVE: names.OBJECTIVE,
+    "val_loss": names.EPOCH_METRICS["val_loss"],
+    "test_accuracy": names.TEST_ACCURACY,
+    "test_loss": names.TEST_LOSS,
+}
+METRICS = tuple(COLUMNS)
 SWEEP_TAG = "pipeline.sweep"  # marks parent runs
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -79,8 +90,8 @@ def sweep_table(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
     for key in keys:
         values = [override_value(o, key) for o in overrides]
         table[key] = _numeric_if_possible(pd.Series(values, index=runs.index))
-    for metric in METRICS:
-        table[metric] = runs.get(f"metrics.{metric}", math.nan)
+    for column, metric in COLUMNS.items():
+        table[column] = runs.get(f"metrics.{metric}", math.nan)
     table["seconds"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds().round(1)
     table["run_id"] = runs["run_id"]
     if "tags.error" in runs and runs["tags.error"].notna().any():
@@ -175,14 +186,52 @@ def log_summary(
         return table
     top = done.iloc[0]
     best = best_params(table, keys, sweep_dir)
+    now = int(time.time() * 1000)
     client.log_batch(
         parent_run_id,
-        metrics=[Metric(m if m == OBJECTIVE else f"best_run.{m}", float(top[m]), 0, 0)
-                 for m in METRICS if not math.isnan(top[m])],
+        metrics=[Metric(names.OBJECTIVE, float(top[OBJECTIVE]), now, 0)]
+        + [Metric(f"best_run/{m}", float(top[m]), now, 0)
+           for m in METRICS if not math.isnan(top[m])],
         params=[Param(f"best.{k}", str(v)[:6000]) for k, v in best.items()],
         tags=[RunTag("best_run_id", top["run_id"])],
     )
     return table
+
+
+def register_champion(
+    client: MlflowClient, parent_run_id: str, table: pd.DataFrame, name: str, alias: str
+) -> str | None:
+    """Register the model of the table's best finished run as a new version of ``name``
+    in the Model Registry, with ``alias`` (e.g. ``models:/NAME@champion``); returns that
+    version, or None when no finished run logged a model."""
+    from mlflow.exceptions import MlflowException
+
+    done = table.dropna(subset=[OBJECTIVE])
+    if done.empty:
+        return None
+    run = client.get_run(done.iloc[0]["run_id"])
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    if not models:
+        return None
+    model = models[0]
+    try:
+        client.create_registered_model(
+            name, description="The best model of each sweep is its @champion version.")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name, source=f"models:/{model.model_id}", run_id=run.info.run_id,
+        model_id=model.model_id,
+        description=f"Best run of sweep {parent_run_id} by {names.OBJECTIVE}: "
+                    f"{run.info.run_name} ({run.info.run_id}).",
+    ).version
+    client.set_registered_model_alias(name, alias, version)
+    client.set_tag(parent_run_id, "registered_model", f"models:/{name}@{alias} (version {version})")
+    return version
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -238,10 +287,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import check_server, resolve_uri
+    from pipeline.tracking.store import TrackingError, check_server, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    check_server(uri)
+    try:
+        check_server(uri)
+    except TrackingError as e:
+        raise SystemExit(str(e)) from None
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise SystemExit(f"no tracking store at {uri}; run from the sweep's launch directory "
                          "or pass --tracking-uri")

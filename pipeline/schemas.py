@@ -89,7 +89,9 @@ class TrainerConfig:
 class TrackingConfig:
     enabled: bool = True  # false: no MLflow at all (the output directory is still written)
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlflow.db
-    experiment: str | None = None  # default: pipeline-<data.name>
+    experiment: str | None = None  # default: pipeline-<data set>
+    register_model: str | None = None  # Model Registry name; sweeps default to the experiment
+    system_metrics: bool = False  # MLflow's own CPU, memory and disk metrics (system/...)
 
 
 @dataclass

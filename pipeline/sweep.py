@@ -4,19 +4,22 @@
 ``hydra.callbacks``. Hydra calls it
 
 * ``on_multirun_start`` in the launching process, before any job starts: it creates (and
-  migrates, once) the tracking store, the experiment and the parent run, and records the
-  search space as the parent's ``sweep.<key>`` params;
+  migrates, once) the tracking store, the experiment and the parent run, records the
+  search space as the parent's ``sweep.<key>`` params, and starts the parent's watchdog;
 * ``on_job_start`` in whatever process runs the job: Hydra hands every launcher (basic,
   joblib, submitit, ray) the callback object itself, pickled with its state, so the job
-  learns the parent from it (``current_parent``) and starts its run with
-  ``parent_run_id``. ``MLFLOW_RUN_ID`` is never used: MLflow would let it win over the
-  parent;
+  learns the parent from it (``current_parent``) and the time it started
+  (``job_started_at``), and starts its run as a child with ``mlflow.parentRunId``.
+  ``MLFLOW_RUN_ID`` is never used: MLflow would let it win over the parent;
 * ``on_multirun_end`` when every job has returned: the summary (``pipeline.report``) goes
-  on the parent, which ends FINISHED, or FAILED if a child failed.
+  on the parent, the best child's model is registered in the Model Registry with the alias
+  ``champion`` (under ``tracking.register_model``, default: the experiment's name), and the
+  parent ends FINISHED, or FAILED if a child failed.
 
 Hydra skips ``on_multirun_end`` when a job raises, and Ctrl-C or SIGTERM skip it too; an
 ``atexit`` hook then ends the sweep instead: the summary of the jobs that did finish, any
-child left RUNNING ends KILLED, and the parent ends FAILED (a child failed) or KILLED.
+child left RUNNING ends KILLED, and the parent ends FAILED (a child failed) or KILLED. If
+the launching process dies (``kill -9``), the parent's watchdog ends it KILLED.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from __future__ import annotations
 import atexit
 import logging
 import signal
+import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +36,31 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+import pipeline
 from pipeline import report
-from pipeline.tracking import check_server, experiment_name, resolve_uri
+from pipeline.tracking import names
+from pipeline.tracking.names import source_tags
+from pipeline.tracking.run import SweepParent
+from pipeline.tracking.store import open_experiment, resolve_uri, ui_url
+from pipeline.tracking.watchdog import Watchdog
 
 log = logging.getLogger("pipeline")
 
+CHAMPION = "champion"  # the registry alias of a sweep's best model
+
 _current: SweepParent | None = None  # the sweep of the job running in this process
-
-
-@dataclass(frozen=True)
-class SweepParent:
-    """What a job needs to become a child run: where the parent lives, and the keys the
-    sweep varies (they name the child run)."""
-
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
-    swept_keys: tuple[str, ...] = ()
-
-    def child_run_name(self, overrides: list[str], fallback: str) -> str:
-        """The job's swept values, e.g. ``model.pool_mode=max model.conv1.f=3``."""
-        own = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in self.swept_keys]
-        return " ".join(own)[:250] or fallback
+_job_started_at: float | None = None  # when that job started (time.time())
 
 
 def current_parent() -> SweepParent | None:
     """The parent run of the sweep job running in this process, if any."""
     return _current
+
+
+def job_started_at() -> float:
+    """When the job running in this process started: its ``on_job_start`` in a sweep, else
+    when the process began running the pipeline."""
+    return _job_started_at if _current is not None and _job_started_at else pipeline.STARTED_AT
 
 
 def search_space(config: DictConfig) -> dict[str, str]:
@@ -79,13 +80,29 @@ def search_space(config: DictConfig) -> dict[str, str]:
     return space
 
 
+def check_sweeper(config: DictConfig) -> str:
+    """The sweeper's class; an Optuna database storage is refused (it cannot work here)."""
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
+    if "optuna" in sweeper and OmegaConf.select(config, "hydra.sweeper.storage"):
+        raise ValueError(
+            "hydra.sweeper.storage: the Optuna sweeper's optuna<3 cannot use a database "
+            "with SQLAlchemy 2 (which MLflow needs); keep storage=null (in memory)"
+        )
+    return sweeper
+
+
 class MlflowSweepCallback(Callback):
     """Makes a multirun one MLflow parent run with a child run per job (module docstring)."""
 
     def __init__(self) -> None:
         self.parent: SweepParent | None = None
         self.sweep_dir: Path | None = None
+        self.register_as: str | None = None
+        self.watchdog: Watchdog | None = None
         self.finished = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "watchdog": None}  # the pipe stays with the launcher
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
@@ -97,55 +114,50 @@ class MlflowSweepCallback(Callback):
 
     def start(self, config: DictConfig) -> None:
         """Create the store, the experiment and the parent run (in the launching process)."""
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Param
 
-        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
-        if "optuna" in sweeper and OmegaConf.select(config, "hydra.sweeper.storage"):
-            raise ValueError(
-                "hydra.sweeper.storage: the Optuna sweeper's optuna<3 cannot use a database "
-                "with SQLAlchemy 2 (which MLflow needs); keep storage=null (in memory)"
-            )
+        sweeper = check_sweeper(config)
         uri = resolve_uri(config.tracking.uri)
-        check_server(uri)
-        client = MlflowClient(uri)  # an SQLite store is created and migrated here, once
-        name = experiment_name(config)
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(name)
-        )
+        experiment = names.experiment_name(config)
+        client, experiment_id = open_experiment(
+            uri, experiment, names.experiment_description(config))
+        assert experiment_id is not None
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.register_as = config.tracking.register_model or experiment
         space = search_space(config)
         typed = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
         run = client.create_run(
             experiment_id,
-            run_name=f"sweep {self.sweep_dir.parent.name}/{self.sweep_dir.name}",
+            start_time=int(pipeline.STARTED_AT * 1000),
+            run_name=names.sweep_run_name(config, space),
             tags={
                 report.SWEEP_TAG: "true",
-                "dataset": config.data.name,
+                "dataset": names.dataset_label(config.data),
                 "overrides": " ".join(typed),
                 "sweep_dir": str(self.sweep_dir),
                 "sweeper": sweeper,
                 "launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
-                "objective": f"{report.OBJECTIVE} (maximize)",
+                "objective": f"{names.OBJECTIVE} (maximize)",
+                **source_tags(),
             },
         )
         self.parent = SweepParent(run.info.run_id, experiment_id, uri, tuple(space))
-        from mlflow.entities import Param
-
-        params = [Param(f"sweep.{k}", v[:6000]) for k, v in space.items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(self.parent.run_id, params=params[i : i + 100])
+        client.log_batch(self.parent.run_id, params=[
+            Param(f"sweep.{k}", v[:6000]) for k, v in space.items()])
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.watchdog = Watchdog.start(uri, run.info.run_id, self.sweep_dir)
         atexit.register(self.end_interrupted)
         _interrupt_on_sigterm()
-        log.info("[sweep] MLflow parent run %s in %s", self.parent.run_id, uri)
+        log.info("[sweep] MLflow parent run %s in experiment %s, store %s: %s",
+                 run.info.run_id, experiment, uri, ui_url(uri, experiment_id, run.info.run_id))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _current
-        _current = self.parent
+        global _current, _job_started_at
+        _current, _job_started_at = self.parent, time.time()
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _current
-        _current = None
+        global _current, _job_started_at
+        _current, _job_started_at = None, None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.end(completed=True)
@@ -159,14 +171,19 @@ class MlflowSweepCallback(Callback):
         if self.parent is None or self.finished:
             return
         self.finished = True
-        status = end_sweep(self.parent, self.sweep_dir, completed)
-        log.info("[sweep] parent run %s ended %s", self.parent.run_id, status)
+        status = end_sweep(self.parent, self.sweep_dir, completed, self.register_as)
+        if self.watchdog is not None:
+            self.watchdog.say("ended")
+        log.info("[sweep] parent run %s ended %s: %s", self.parent.run_id, status,
+                 ui_url(self.parent.tracking_uri, self.parent.experiment_id, self.parent.run_id))
 
 
-def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool) -> str:
-    """End ``parent``: children still RUNNING end KILLED, the summary is logged, and the
-    parent ends FAILED if any child failed, KILLED if the sweep did not complete, else
-    FINISHED. Returns that status."""
+def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
+              register_as: str | None = None) -> str:
+    """End ``parent``: children still RUNNING end KILLED, the summary is logged, the best
+    child's model is registered as ``register_as@champion`` (when given), and the parent
+    ends FAILED if any child failed, KILLED if the sweep did not complete, else FINISHED.
+    Returns that status."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(parent.tracking_uri)
@@ -188,7 +205,9 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool) -> s
         parent.run_id, "children", ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
     try:
-        report.log_summary(client, parent.run_id, sweep_dir)
+        table = report.log_summary(client, parent.run_id, sweep_dir)
+        if register_as and not table.empty:
+            report.register_champion(client, parent.run_id, table, register_as, CHAMPION)
     except Exception as e:  # the parent must still end; say why the summary is missing
         log.exception("[sweep] no summary")
         client.set_tag(parent.run_id, "summary_error", f"{type(e).__name__}: {e}"[:5000])

@@ -73,7 +73,7 @@ def tracking(tmp_path_factory):
             "mlflow-model-test", artifact_location=(tmp / "artifacts").as_uri()
         )
         with mlflow.start_run(experiment_id=experiment_id) as run:
-            model_uri = log_pyfunc_model(run_dir)
+            model_uri = log_pyfunc_model(run_dir).model_uri
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "dl")))
         yield SimpleNamespace(
             uri=uri, tmp=tmp, run_dir=run_dir, x=x, model_uri=model_uri,

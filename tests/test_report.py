@@ -13,7 +13,9 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import report  # noqa: E402
-from pipeline.sweep import SweepParent, end_sweep  # noqa: E402
+from pipeline.sweep import end_sweep  # noqa: E402
+from pipeline.tracking import names  # noqa: E402
+from pipeline.tracking.run import SweepParent  # noqa: E402
 
 CHILDREN = [  # overrides, status, best_val_accuracy, val_loss
     ("model.pool_mode=max optimizer.lr=0.01", "FINISHED", 0.90, 0.30),
@@ -27,7 +29,7 @@ CHILDREN = [  # overrides, status, best_val_accuracy, val_loss
 def sweep(tmp_path):
     """A parent swept over pool mode and lr, and its four children (one failed)."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("sweeps")
+    exp = client.create_experiment("sweeps", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={report.SWEEP_TAG: "true"}).info.run_id
     client.log_batch(parent, params=[Param("sweep.model.pool_mode", "max,average"),
                                      Param("sweep.optimizer.lr", "0.01,0.001")])
@@ -36,8 +38,8 @@ def sweep(tmp_path):
         run = client.create_run(exp, tags={report.PARENT_TAG: parent, "overrides": overrides})
         now = int(time.time() * 1000)
         metrics = [] if best is None else [
-            Metric(report.OBJECTIVE, best, now, 0), Metric("val_loss", val_loss, now, 0),
-            Metric("test_accuracy", best - 0.05, now, 0), Metric("test_loss", 1.0, now, 0),
+            Metric(names.OBJECTIVE, best, now, 0), Metric("loss/val", val_loss, now, 0),
+            Metric(names.TEST_ACCURACY, best - 0.05, now, 0), Metric(names.TEST_LOSS, 1.0, now, 0),
         ]
         tags = [RunTag("error", "ValueError: boom")] if status == "FAILED" else []
         client.log_batch(run.info.run_id, metrics=metrics, tags=tags)
@@ -61,6 +63,7 @@ def test_rows_are_sorted_by_the_objective_ties_by_val_loss_failures_last(sweep):
 def test_the_summary_goes_on_the_parent_with_the_best_run(sweep, tmp_path):
     client, exp, parent, ids = sweep
     (tmp_path / "sweep").mkdir()
+    before = int(time.time() * 1000)
     status = end_sweep(SweepParent(parent, exp, client.tracking_uri), tmp_path / "sweep", True)
     assert status == "FAILED"  # one child failed
     run = client.get_run(parent)
@@ -69,8 +72,10 @@ def test_the_summary_goes_on_the_parent_with_the_best_run(sweep, tmp_path):
     assert run.data.tags["children"] == "1 FAILED, 3 FINISHED"
     assert run.data.params["best.model.pool_mode"] == "average"
     assert run.data.params["best.optimizer.lr"] == "0.001"
-    assert run.data.metrics[report.OBJECTIVE] == 0.95
-    assert run.data.metrics["best_run.val_loss"] == 0.10
+    assert run.data.metrics[names.OBJECTIVE] == 0.95
+    assert run.data.metrics["best_run/val_loss"] == 0.10
+    (objective,) = client.get_metric_history(parent, names.OBJECTIVE)
+    assert before <= objective.timestamp <= int(time.time() * 1000)  # a real time, not 1970
     assert {a.path for a in client.list_artifacts(parent)} == {
         "sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png",
     }

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline import report  # noqa: E402
+from pipeline.tracking import names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("trainer.epochs=2", "trainer.progress=false")
@@ -60,15 +61,20 @@ def the_sweep(tmp_path: Path):
 
 
 def assert_summary(client: MlflowClient, parent, n_rows: int) -> pd.DataFrame:
-    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png"} <= names
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png"} <= artifacts
     local = client.download_artifacts(parent.info.run_id, "sweep_summary.csv")
     table = pd.read_csv(local)
     assert len(table) == n_rows
     finished = table[table.status == "FINISHED"]
     assert list(finished[report.OBJECTIVE]) == sorted(finished[report.OBJECTIVE], reverse=True)
     assert parent.data.tags["best_run_id"] == table.run_id[0]
-    assert parent.data.metrics[report.OBJECTIVE] == pytest.approx(table[report.OBJECTIVE][0])
+    assert parent.data.metrics[names.OBJECTIVE] == pytest.approx(table[report.OBJECTIVE][0])
+    (objective,) = client.get_metric_history(parent.info.run_id, names.OBJECTIVE)
+    assert objective.timestamp >= parent.info.start_time  # a real time, not 1970
+    champion = client.get_model_version_by_alias("pipeline-digits", "champion")
+    assert champion.run_id == table.run_id[0]
+    assert parent.data.tags["registered_model"].startswith("models:/pipeline-digits@champion")
     return table
 
 
@@ -83,8 +89,9 @@ def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launche
     assert parent.data.params["sweep.model.pool_mode"] == "max,average"
     assert parent.data.params["sweep.model.conv1.f"] == "2,3"
     assert {c.info.run_name for c in children} == {
-        f"model.pool_mode={p} model.conv1.f={f}" for p in ("max", "average") for f in (2, 3)
+        f"digits_cnn · digits · {p} pool · conv1.f={f}" for p in ("max", "average") for f in (2, 3)
     }
+    assert parent.info.run_name == "sweep · digits · pool_mode × conv1.f"
     table = assert_summary(client, parent, 4)
     assert set(zip(table["model.pool_mode"], table["model.conv1.f"], strict=True)) == {
         (p, f) for p in ("max", "average") for f in (2, 3)
@@ -146,7 +153,7 @@ def test_an_optuna_search_puts_the_studys_best_params_on_the_parent(tmp_path):
     study = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
     for key, value in study.best_params.items():
         assert parent.data.params[f"best.{key}"] == str(value)
-    assert parent.data.metrics[report.OBJECTIVE] == pytest.approx(study.best_value)
+    assert parent.data.metrics[names.OBJECTIVE] == pytest.approx(study.best_value)
     assert_summary(client, parent, 3)
     assert "optimization_results.yaml" in {
         a.path for a in client.list_artifacts(parent.info.run_id)
@@ -205,7 +212,7 @@ def test_an_unreachable_server_stops_the_sweep_before_any_job(tmp_path):
     start = time.monotonic()
     proc = run_sweep(tmp_path, "tracking.uri=http://127.0.0.1:9", "model.pool_mode=max,average")
     assert proc.returncode != 0
-    assert "cannot start the MLflow parent run" in proc.stderr and "unreachable" in proc.stderr
+    assert "cannot start the MLflow parent run" in proc.stderr and "does not answer" in proc.stderr
     assert not list((tmp_path / "sweep").glob("*/metrics.json"))
     assert time.monotonic() - start < 30
 
@@ -266,12 +273,14 @@ def test_the_search_space_comes_from_sweep_overrides_and_sweeper_params():
 
 
 def test_a_child_is_named_by_its_swept_values():
-    from pipeline.sweep import SweepParent
+    from pipeline.tracking.run import SweepParent
 
     parent = SweepParent("r", "1", "sqlite:///x", ("model.pool_mode", "experiment"))
     overrides = ["model.pool_mode=max", "+experiment=maxpool", "seed=3"]
-    assert parent.child_run_name(overrides, "7") == "model.pool_mode=max +experiment=maxpool"
-    assert parent.child_run_name(["seed=3"], "7") == "7"
+    assert parent.swept(overrides) == ["model.pool_mode=max", "+experiment=maxpool"]
+    cfg = compose_hydra("model.pool_mode=average")
+    assert names.run_name(cfg, parent.swept(overrides)) == (
+        "digits_cnn · digits · average pool · experiment=maxpool")
 
 
 def test_override_values_are_read_back_from_the_overrides_tag():

@@ -1,0 +1,420 @@
+"""One pipeline run as one MLflow run, through MLflow's fluent API.
+
+``tracked_run`` opens the store (a server that does not answer, or a store that cannot be
+written, is refused at once, in one line naming it), creates the run with the job's own
+start time, so the duration the UI shows is the job's wall time, and yields the
+``Tracker`` that the stages report to. It ends the run FINISHED, FAILED (the error in the
+``error`` tag and ``error.txt``) or KILLED (Ctrl-C, SIGTERM). When the process dies
+without ending its run (``kill -9``), the run's ``Watchdog`` ends it KILLED.
+
+What a run records:
+
+* params: the composed config flattened to dotted keys (``model.conv1.f``);
+* tags: the data set, the overrides as typed, the output directory, and MLflow's system
+  tags for the source (``python -m pipeline``), the user and the git commit;
+* datasets: the train, validation and test splits, each with the HDF5 file it comes from
+  as its source and a digest of its images and labels;
+* metrics per epoch (``names.EPOCH_METRICS``, ``step=epoch``), logged asynchronously in
+  MLflow's own batches; the summary and test metrics at the end, linked to the logged
+  model and to the split they were measured on;
+* the network as a pyfunc model named after the model config, with the config as its
+  params; a new version of ``tracking.register_model`` in the Model Registry if set;
+* artifacts: ``.hydra/`` and the run directory's results (``RUN_FILES``);
+* ``mlflow_run.json`` in the run directory: run id, experiment, tracking URI, UI page and
+  model URI; printed, with how to open and serve the run, when it starts and ends.
+
+After the start, tracking never stops training. MLflow retries a server's requests with
+backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``:
+about 4 minutes by default), so a server that drops out for a while loses nothing. A
+failure that outlasts the retries is noted, the run's remaining MLflow calls are skipped,
+the run directory is still completed, and the run ends with a ``TrackingError`` naming
+the store and the run directory; the watchdog ends the MLflow run FAILED once the store
+answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.dataset import Dataset
+from pipeline.tracking import names
+from pipeline.tracking.store import (
+    TrackingError,
+    one_line,
+    open_experiment,
+    open_store,
+    quiet_mlflow,
+    resolve_uri,
+    ui_command,
+    ui_url,
+)
+from pipeline.tracking.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger("pipeline")
+
+RUN_INFO_FILE = "mlflow_run.json"
+RUN_FILES = (
+    "weights.npz", "model.json", "normalizer.json", "metrics.json",
+    "classification_report.txt", "confusion_matrix.png", "learning_curve.png",
+)
+KEPT_ON_FAILURE = (*RUN_FILES, "error.txt", "checkpoints/last.npz")
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+@dataclass(frozen=True)
+class SweepParent:
+    """What a sweep's job needs to become a child run: where the parent lives, and the keys
+    the sweep varies (they name the child run)."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    swept_keys: tuple[str, ...] = ()
+
+    def swept(self, overrides: Sequence[str]) -> list[str]:
+        """The job's overrides of swept keys, e.g. ``["model.pool_mode=max"]``."""
+        return [o for o in overrides if names.override_key(o) in self.swept_keys]
+
+
+def _start_active_run(client: MlflowClient, cfg: DictConfig, experiment_id: str, name: str,
+                      tags: dict[str, str], started_at: float) -> str:
+    """Create the run, started at ``started_at`` (``time.time()``), make it MLflow's active
+    run and log the config as its params; its id. TrackingError (one line naming the
+    store) if the store refuses, with the run ended FAILED if it was created."""
+    import mlflow
+
+    run_id = None
+    try:
+        with quiet_mlflow():
+            run_id = client.create_run(experiment_id, start_time=int(started_at * 1000),
+                                       tags=tags, run_name=name).info.run_id
+            mlflow.set_tracking_uri(client.tracking_uri)
+            # None: MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING decides
+            mlflow.start_run(run_id=run_id, log_system_metrics=cfg.tracking.system_metrics or None)
+            mlflow.log_params(names.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        return run_id
+    except Exception as e:
+        with contextlib.suppress(Exception), quiet_mlflow():  # not left RUNNING if possible
+            if mlflow.active_run() is not None:
+                mlflow.end_run("FAILED")
+            elif run_id is not None:
+                client.set_terminated(run_id, "FAILED")
+        raise TrackingError(
+            f"MLflow store {client.tracking_uri}: cannot start a run: {one_line(e)}") from None
+
+
+def _run_place(
+    cfg: DictConfig, overrides: Sequence[str], parent: SweepParent | None
+) -> tuple[MlflowClient, str, str]:
+    """The open store's client, the experiment id and the run name of a job."""
+    if parent is None:
+        uri = resolve_uri(cfg.tracking.uri)
+        client, experiment_id = open_experiment(
+            uri, names.experiment_name(cfg), names.experiment_description(cfg))
+        assert experiment_id is not None
+        return client, experiment_id, names.run_name(cfg, overrides)
+    client = open_store(parent.tracking_uri)
+    return client, parent.experiment_id, names.run_name(cfg, parent.swept(overrides))
+
+
+class Tracker:
+    """The stages' side of one MLflow run. A disabled tracker (``Tracker()``) accepts every
+    call and does nothing, so the stages never branch on tracking."""
+
+    def __init__(self, run_id: str | None = None, info: dict[str, Any] | None = None,
+                 out_dir: Path = Path("."), watchdog: Watchdog | None = None,
+                 register_as: str | None = None) -> None:
+        self.run_id, self.info, self.out_dir = run_id, info or {}, out_dir
+        self.watchdog, self.register_as = watchdog, register_as
+        self.failure: str | None = None  # the first tracking failure after the start
+        self.model: Any = None  # mlflow.models.ModelInfo, once logged
+        self._datasets: dict[str, Any] = {}  # split -> mlflow.data Dataset
+        self._pending: list[Any] = []  # RunOperations of the asynchronous metric batches
+        self._hydra_logged = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    @property
+    def uri(self) -> str:
+        return self.info.get("tracking_uri", "")
+
+    @classmethod
+    def start(cls, cfg: DictConfig, out_dir: Path, overrides: Sequence[str],
+              parent: SweepParent | None, started_at: float,
+              register_as: str | None = None) -> Tracker:
+        """Open the store and start the run at ``started_at`` (``time.time()``), with its
+        tags and params; TrackingError (one line naming the store) if it cannot."""
+        # MLflow's own settings, unless the user set them: epoch metrics are sent in batches
+        # of what 5 s gathered (which also lets the end of a run flush at once, where the
+        # unbuffered queue polls every second); no progress bars for artifact copies.
+        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        client, experiment_id, name = _run_place(cfg, overrides, parent)
+        tags = {"dataset": names.dataset_label(cfg.data), "overrides": " ".join(overrides),
+                "output_dir": str(out_dir.resolve()), **names.source_tags()}
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.run_id
+        run_id = _start_active_run(client, cfg, experiment_id, name, tags, started_at)
+        experiment = client.get_experiment(experiment_id).name
+        uri = client.tracking_uri
+        info = {"run_id": run_id, "run_name": name, "experiment_id": experiment_id,
+                "experiment_name": experiment, "tracking_uri": uri, "dataset": tags["dataset"],
+                "ui_url": ui_url(uri, experiment_id, run_id), "status": "RUNNING",
+                "run_model_uri": f"runs:/{run_id}/{cfg.model.get('name', 'model')}"}
+        watchdog = Watchdog.start(uri, run_id, out_dir)
+        tracker = cls(run_id, info, out_dir, watchdog, register_as)
+        tracker.write_info()
+        for line in tracker.where():
+            log.info(line)
+        return tracker
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, unless tracking is off or already failed; a failure is
+        noted (and the run goes on without MLflow), not raised."""
+        if not self.enabled or self.failure:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.failure = f"{what} failed: {one_line(e)}"
+            log.warning("[mlflow] %s; the run goes on without MLflow", self.failure)
+            return None
+
+    def log_datasets(self, data: Dataset, train_file: Path, test_file: Path) -> None:
+        """The splits as MLflow datasets, raw (uint8) as loaded: train and val from
+        ``train_file``, test from ``test_file``."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        label = self.info["dataset"]
+        files = {"train": train_file, "val": train_file, "test": test_file}
+        with warnings.catch_warnings():
+            # MLflow 3 registers its local-file dataset source twice, then warns that a path
+            # "can be interpreted in multiple ways" (as that one class, twice).
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            self._datasets = {
+                split: mlflow.data.from_numpy(
+                    s.x, targets=s.y, source=str(files[split].resolve()),
+                    name=f"{label}-{split}", digest=names.split_digest(s))
+                for split, s in (("train", data.train), ("val", data.val), ("test", data.test))
+                if len(s)
+            }
+        self._call("logging the datasets", mlflow.log_inputs,
+                   datasets=list(self._datasets.values()),
+                   contexts=[CONTEXTS[k] for k in self._datasets],
+                   tags_list=[None] * len(self._datasets))
+
+    def log_epoch(self, record: Any) -> None:
+        """A ``pipeline.train.EpochRecord``, with ``step=epoch``, without waiting."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        values = {metric: getattr(record, field) for field, metric in names.EPOCH_METRICS.items()}
+        op = self._call("logging epoch metrics", mlflow.log_metrics,
+                        {k: float(v) for k, v in values.items() if v is not None},
+                        step=record.epoch, synchronous=False)
+        if op is not None:
+            self._pending.append(op)
+
+    def log_model(self, run_dir: Path, name: str, params: dict[str, str]) -> None:
+        """The run directory's network as a pyfunc model named ``name``, with ``params``;
+        registered too when the tracker has a ``register_as`` name."""
+        if not self.enabled:
+            return
+        from pipeline.mlflow_model import log_pyfunc_model
+
+        self.model = self._call(
+            "logging the model", log_pyfunc_model, run_dir, name, params=params,
+            tags=names.source_tags(), registered_model_name=self.register_as)
+        if self.model is not None:
+            self.info["model_uri"] = self.model.model_uri
+            if self.model.registered_model_version:
+                version = self.model.registered_model_version
+                self.info["registered_model_uri"] = f"models:/{self.register_as}/{version}"
+
+    def log_results(self, metrics: dict[str, Any], best_val_accuracy: float | None,
+                    best_epoch: int | None) -> None:
+        """The test metrics (``pipeline.evaluate``'s dict) and the best epoch, linked to the
+        logged model and to the test and validation splits."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        test = {names.TEST_ACCURACY: metrics["test_accuracy"],
+                names.TEST_LOSS: metrics["test_loss"],
+                names.TEST_MACRO_F1: metrics["macro_avg"]["f1"]}
+        test |= {names.test_f1(k): v["f1"] for k, v in metrics["per_class"].items()}
+        summary = {names.OBJECTIVE: best_val_accuracy, names.BEST_EPOCH: best_epoch}
+        model_id = self.model.model_id if self.model is not None else None
+        for values, split in ((test, "test"), (summary, "val")):
+            self._call("logging the results", mlflow.log_metrics,
+                       {k: float(v) for k, v in values.items() if v is not None},
+                       model_id=model_id, dataset=self._datasets.get(split))
+
+    def log_artifacts(self, files: Sequence[str] = RUN_FILES) -> None:
+        """``.hydra/`` and those of ``files`` (paths in the run directory) that exist."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        hydra = self.out_dir / ".hydra"
+        if hydra.is_dir() and not self._hydra_logged:
+            self._call("logging .hydra/", mlflow.log_artifacts, str(hydra), ".hydra")
+            self._hydra_logged = True
+        for file in files:
+            path = self.out_dir / file
+            if path.is_file():
+                folder = Path(file).parent.as_posix()
+                self._call(f"logging {file}", mlflow.log_artifact, str(path),
+                           None if folder == "." else folder)
+
+    def end(self, status: str, error: str | None) -> None:
+        """End the run with ``status``; TrackingError if tracking failed on the way (the run
+        directory is complete; the run ends FAILED, by the watchdog if the store does not
+        answer now)."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        for op in self._pending:  # the epochs' batches: sent, or failed after MLflow's retries
+            self._call("logging epoch metrics", op.wait)
+        if error:
+            self._call("logging the error", mlflow.set_tag, "error", error[:5000])
+        if status != "FINISHED":
+            self.log_artifacts(KEPT_ON_FAILURE)
+        self._call("ending the run", mlflow.end_run, status)
+        self.info["status"] = status
+        if self.failure:
+            self.info["tracking_failure"] = self.failure
+        self.write_info()
+        assert self.watchdog is not None
+        if not self.failure:
+            self.watchdog.say("ended")
+            for line in self.where():
+                log.info(line)
+            return
+        reason = (f"tracking failed ({self.failure}); the complete results are in "
+                  f"{self.out_dir.resolve()}")
+        ended = _end_failed_at_once(self.run_id, error or reason)
+        self.watchdog.say("ended" if ended else f"end FAILED {error or reason}")
+        raise TrackingError(f"MLflow store {self.uri}: {reason}")
+
+    def write_info(self) -> None:
+        """``mlflow_run.json``: where the run is and what it logged."""
+        text = json.dumps(self.info, indent=2, ensure_ascii=False)
+        (self.out_dir / RUN_INFO_FILE).write_text(text + "\n")
+
+    def where(self) -> list[str]:
+        """How to find the run, open it in the UI and serve its model, as console lines."""
+        i = self.info
+        lines = [f"[mlflow] run {i['run_id']} ({i['status']}) \"{i['run_name']}\" in experiment "
+                 f"{i['experiment_name']}, store {i['tracking_uri']}"]
+        command = ui_command(i["tracking_uri"])
+        lines.append(f"[mlflow] open: {command + ', then ' if command else ''}{i['ui_url']}")
+        model = i.get("registered_model_uri") or i.get("model_uri")
+        if model or i["status"] == "RUNNING":
+            model = model or f"{i['run_model_uri']} (once the run has finished)"
+            lines.append(f"[mlflow] serve: MLFLOW_TRACKING_URI={i['tracking_uri']} mlflow models "
+                         f"serve -m {model} --env-manager local -p 5001")
+        return lines
+
+
+def _end_failed_at_once(run_id: str, reason: str) -> bool:
+    """End run ``run_id`` FAILED with ``reason`` after tracking failed, making each request
+    once; whether the store took it.
+
+    MLflow reads its retry budget from ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` for each request;
+    the store already failed after a full budget, so these requests get none, and the
+    watchdog goes on trying. ``mlflow.end_run`` takes the run off MLflow's active-run stack
+    before it calls the store, so the run is off it either way (left on it, MLflow would
+    end it again at exit)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        if mlflow.active_run() is not None:
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+        client = MlflowClient()
+        client.set_tag(run_id, "error", reason[:5000])
+        client.set_terminated(run_id, "FAILED")
+        return True
+    except Exception:
+        return False
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt so the run ends KILLED; returns the old handler."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+@contextlib.contextmanager
+def tracked_run(
+    cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
+    parent: SweepParent | None = None, started_at: float | None = None,
+    register_as: str | None = None,
+) -> Iterator[Tracker]:
+    """The MLflow run of one job (a disabled tracker with ``tracking.enabled=false``),
+    started at ``started_at`` (``time.time()``; default now), a child of ``parent`` in a
+    sweep, ended FINISHED, FAILED (error recorded) or KILLED. ``register_as``: the Model
+    Registry name to register the model under."""
+    if not cfg.tracking.enabled:
+        yield Tracker()
+        return
+    tracker = Tracker.start(cfg, out_dir, overrides, parent, started_at or time.time(),
+                            register_as)
+    old_handler = _interrupt_on_sigterm()
+    status, error = "FAILED", None
+    try:
+        yield tracker
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        (out_dir / "error.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        try:
+            tracker.end(status, error)
+        except TrackingError:
+            if status == "FINISHED":
+                raise  # otherwise the run's own error is the one to see
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)

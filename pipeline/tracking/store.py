@@ -1,0 +1,199 @@
+"""The MLflow store that runs write to: where it is, whether it works, and its experiments.
+
+* ``resolve_uri``: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own
+  default, ``sqlite:///mlflow.db`` in the launch directory. Relative SQLite and file paths
+  are made absolute, so every job of a sweep writes to the same store.
+* ``open_experiment`` / ``open_store``: a server that does not answer, or a store that
+  cannot be opened, is refused within seconds with one line that names the URI. A
+  brand-new SQLite store is created and migrated by one process at a time, under a file
+  lock beside it (``mlflow.db.lock``), and experiments are created under the same lock, so
+  runs and sweeps started together on a new store all land.
+* Experiments are created as model-training experiments (the experiment kind that
+  MLflow's UI reads from the ``mlflow.experimentKind`` tag) with a description.
+* ``ui_url``: the page of a run in a tracking server's UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the launch directory
+LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same SQLite store
+# The tag MLflow's UI reads to open an experiment in its "Model training" view. MLflow 3.17's
+# UI picks the view from its ?workflowType= URL parameter instead, so links carry both.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
+UI_VIEW = "workflowType=machine_learning"
+
+
+class TrackingError(RuntimeError):
+    """Tracking cannot go on; the message is one line that names the store."""
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI: ``uri``, else ``MLFLOW_TRACKING_URI``, else the launch directory's
+    ``mlflow.db``; a relative SQLite or file path is made absolute."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if chosen.startswith("sqlite:///"):
+        rest = chosen[len("sqlite:///"):]
+        if rest.startswith(("/", "file:")):  # absolute, or an SQLite URI filename
+            return chosen
+        return f"sqlite:///{Path(rest).resolve()}"
+    if "://" not in chosen:  # a plain path: MLflow's file store
+        return Path(chosen).resolve().as_uri()
+    return chosen
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, None for other stores.
+
+    ``sqlite:////abs/mlflow.db`` and SQLite URI filenames such as
+    ``sqlite:///file:/abs/mlflow.db?mode=ro&uri=true`` (SQLAlchemy passes them on)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):]
+    if rest.startswith("file:"):
+        rest = rest[len("file:"):].split("?", 1)[0]
+    return Path(rest)
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise TrackingError, within ``timeout`` seconds, when an http(s) tracking server
+    does not answer its health check. Other stores pass."""
+    if not is_server(uri):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"MLflow tracking server {uri} does not answer ({reason}); start it, fix "
+            "tracking.uri or MLFLOW_TRACKING_URI, or run with tracking.enabled=false"
+        ) from None
+
+
+def server_answers(uri: str, timeout: float = 2.0) -> bool:
+    """Whether an http(s) tracking server answers now (always True for other stores)."""
+    try:
+        check_server(uri, timeout)
+    except TrackingError:
+        return False
+    return True
+
+
+def one_line(error: BaseException) -> str:
+    """The gist of an error in one line: SQLAlchemy's wrapped database error when there is
+    one (``sqlite3.OperationalError: attempt to write a readonly database``), else the
+    first line of the message."""
+    text = str(error)
+    wrapped = re.search(r"\((sqlite3\.\w+|psycopg2?\.[\w.]+|pymysql\.[\w.]+)\) ([^\n]+)", text)
+    if wrapped:
+        return f"{wrapped.group(1)}: {wrapped.group(2).strip()}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}"[:500]
+
+
+def _open_client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)  # opens the store: creates and migrates SQLite
+    return client
+
+
+def _get_or_create(client: MlflowClient, name: str, description: str) -> str:
+    """The id of experiment ``name``, created as a model-training experiment if new; an
+    existing one without a kind is given it."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, DESCRIPTION_TAG: description}
+        try:
+            return client.create_experiment(name, tags=tags)
+        except MlflowException as e:  # another process created it first (a server store)
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            assert experiment is not None
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def open_experiment(
+    uri: str, name: str | None = None, description: str = ""
+) -> tuple[MlflowClient, str | None]:
+    """Open the store at ``uri`` and, given a ``name``, get or create that experiment.
+
+    Returns the client and the experiment id (None without a name). Raises TrackingError,
+    in one line naming the URI, when the store cannot be opened or written."""
+    from filelock import FileLock, Timeout
+
+    check_server(uri)
+    path = sqlite_path(uri)
+    try:
+        with quiet_mlflow():
+            if path is None:
+                client = _open_client(uri)
+                return client, name and _get_or_create(client, name, description)
+            with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
+                client = _open_client(uri)
+                return client, name and _get_or_create(client, name, description)
+    except Timeout:
+        raise TrackingError(
+            f"MLflow store {uri}: another process held {path}.lock for {LOCK_TIMEOUT:.0f} s"
+        ) from None
+    except Exception as e:  # MlflowException, SQLAlchemy's and the OS's errors alike
+        raise TrackingError(f"MLflow store {uri} cannot be opened: {one_line(e)}") from None
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's own log quiet while it opens a store or starts a run: it logs a database
+    error with its whole traceback (60 lines) before raising it, and the caller reports
+    that error itself, in one line."""
+    import mlflow  # noqa: F401  (first: importing MLflow sets its loggers' levels)
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def open_store(uri: str) -> MlflowClient:
+    """``open_experiment`` without an experiment: the client of a working store."""
+    return open_experiment(uri)[0]
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The page of a run (or of an experiment's runs) in the UI: on the tracking server
+    itself, or where ``mlflow ui`` serves by default (http://127.0.0.1:5000)."""
+    base = uri.rstrip("/") if is_server(uri) else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?{UI_VIEW}"
+
+
+def ui_command(uri: str) -> str | None:
+    """How to open the UI on a store that is not a server: ``mlflow ui --backend-store-uri
+    URI`` (None for a server: its own address is the UI)."""
+    return None if is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
