@@ -28,8 +28,8 @@ from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
 from pipeline.sweep import current_parent, job_started_at
 from pipeline.tracking.names import flatten
-from pipeline.tracking.run import SweepParent, Tracker, tracked_run
-from pipeline.tracking.store import TrackingError
+from pipeline.tracking.run import Tracker, tracked_run
+from pipeline.tracking.store import SweepParent, TrackingError
 
 log = logging.getLogger("pipeline")
 
@@ -140,7 +140,8 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
     )
 
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
-    tracker.log_model(out_dir, spec.name, flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_model(out_dir, spec.name, flatten(OmegaConf.to_container(cfg, resolve=True)),
+                      net.summary())
     tracker.log_results(metrics, best, history.best_epoch)
     tracker.log_artifacts()
     say(f"[evaluate] test loss {metrics['test_loss']:.4f}, written to {out_dir}")

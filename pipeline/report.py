@@ -181,6 +181,7 @@ def log_summary(
             files.append(out / "optimization_results.yaml")
         for path in files:
             client.log_artifact(parent_run_id, str(path))
+    describe(client, parent_run_id, table)
     done = table.dropna(subset=[OBJECTIVE])
     if done.empty:
         return table
@@ -198,13 +199,21 @@ def log_summary(
     return table
 
 
+def describe(client: MlflowClient, parent_run_id: str, table: pd.DataFrame) -> None:
+    """The parent's description in the UI: the sweep's command, then the summary table."""
+    parent = client.get_run(parent_run_id)
+    command = parent.data.tags.get("mlflow.note.content", "").split("\n\n")[0]
+    text = f"{command}\n\nChildren, best {OBJECTIVE} first:\n\n```\n{format_table(table)}\n```"
+    client.set_tag(parent_run_id, "mlflow.note.content", text[:5000])
+
+
 def register_champion(
     client: MlflowClient, parent_run_id: str, table: pd.DataFrame, name: str, alias: str
 ) -> str | None:
     """Register the model of the table's best finished run as a new version of ``name``
     in the Model Registry, with ``alias`` (e.g. ``models:/NAME@champion``); returns that
     version, or None when no finished run logged a model."""
-    from mlflow.exceptions import MlflowException
+    import mlflow
 
     done = table.dropna(subset=[OBJECTIVE])
     if done.empty:
@@ -217,18 +226,15 @@ def register_champion(
     if not models:
         return None
     model = models[0]
-    try:
-        client.create_registered_model(
-            name, description="The best model of each sweep is its @champion version.")
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(
-        name, source=f"models:/{model.model_id}", run_id=run.info.run_id,
-        model_id=model.model_id,
-        description=f"Best run of sweep {parent_run_id} by {names.OBJECTIVE}: "
-                    f"{run.info.run_name} ({run.info.run_id}).",
-    ).version
+    # mlflow.register_model also tags the logged model with its registered version (the
+    # Models page shows it); it registers in the global store, which is this sweep's.
+    mlflow.set_tracking_uri(client.tracking_uri)
+    version = mlflow.register_model(f"models:/{model.model_id}", name).version
+    client.update_registered_model(
+        name, description=f"The best model of each sweep is its @{alias} version.")
+    client.update_model_version(
+        name, version, description=f"Best run of sweep {parent_run_id} by {names.OBJECTIVE}: "
+                                   f"{run.info.run_name} ({run.info.run_id}).")
     client.set_registered_model_alias(name, alias, version)
     client.set_tag(parent_run_id, "registered_model", f"models:/{name}@{alias} (version {version})")
     return version

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,9 +39,14 @@ import pipeline
 from pipeline import report
 from pipeline.tracking import names
 from pipeline.tracking.names import source_tags
-from pipeline.tracking.run import SweepParent
-from pipeline.tracking.store import open_experiment, resolve_uri, ui_url
-from pipeline.tracking.watchdog import Watchdog
+from pipeline.tracking.store import (
+    DESCRIPTION_TAG,
+    SweepParent,
+    open_experiment,
+    resolve_uri,
+    ui_url,
+)
+from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
 
 log = logging.getLogger("pipeline")
 
@@ -139,6 +143,7 @@ class MlflowSweepCallback(Callback):
                 "launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
                 "objective": f"{names.OBJECTIVE} (maximize)",
                 **source_tags(),
+                DESCRIPTION_TAG: f"`{' '.join(['python -m pipeline -m', *typed])}`",
             },
         )
         self.parent = SweepParent(run.info.run_id, experiment_id, uri, tuple(space))
@@ -147,7 +152,7 @@ class MlflowSweepCallback(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.watchdog = Watchdog.start(uri, run.info.run_id, self.sweep_dir)
         atexit.register(self.end_interrupted)
-        _interrupt_on_sigterm()
+        interrupt_on_sigterm()
         log.info("[sweep] MLflow parent run %s in experiment %s, store %s: %s",
                  run.info.run_id, experiment, uri, ui_url(uri, experiment_id, run.info.run_id))
 
@@ -213,14 +218,3 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
         client.set_tag(parent.run_id, "summary_error", f"{type(e).__name__}: {e}"[:5000])
     client.set_terminated(parent.run_id, status)
     return status
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM to the launching process ends the sweep like Ctrl-C does."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass

@@ -89,7 +89,8 @@ def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launche
     assert parent.data.params["sweep.model.pool_mode"] == "max,average"
     assert parent.data.params["sweep.model.conv1.f"] == "2,3"
     assert {c.info.run_name for c in children} == {
-        f"digits_cnn · digits · {p} pool · conv1.f={f}" for p in ("max", "average") for f in (2, 3)
+        f"pool_mode={p} conv1.f={f} · digits_cnn · digits" for p in ("max", "average")
+        for f in (2, 3)
     }
     assert parent.info.run_name == "sweep · digits · pool_mode × conv1.f"
     table = assert_summary(client, parent, 4)
@@ -273,14 +274,14 @@ def test_the_search_space_comes_from_sweep_overrides_and_sweeper_params():
 
 
 def test_a_child_is_named_by_its_swept_values():
-    from pipeline.tracking.run import SweepParent
+    from pipeline.tracking.store import SweepParent
 
     parent = SweepParent("r", "1", "sqlite:///x", ("model.pool_mode", "experiment"))
     overrides = ["model.pool_mode=max", "+experiment=maxpool", "seed=3"]
     assert parent.swept(overrides) == ["model.pool_mode=max", "+experiment=maxpool"]
     cfg = compose_hydra("model.pool_mode=average")
     assert names.run_name(cfg, parent.swept(overrides)) == (
-        "digits_cnn · digits · average pool · experiment=maxpool")
+        "pool_mode=max experiment=maxpool · digits_cnn · digits")
 
 
 def test_override_values_are_read_back_from_the_overrides_tag():

@@ -108,7 +108,7 @@ def test_source_name_and_tags_say_what_ran(cli_run):
     _, run = only_run(uri)
     tags = run.data.tags
     assert tags["mlflow.source.name"] == "python -m pipeline"
-    assert run.info.run_name == "digits_cnn · digits · max pool · epochs=3 lr=0.002"
+    assert run.info.run_name == "epochs=3 lr=0.002 · digits_cnn · digits · max pool"
     assert tags["dataset"] == "digits" and Path(tags["output_dir"]) == out
     assert "trainer.epochs=3" in tags["overrides"] and "optimizer.lr=0.002" in tags["overrides"]
     if git_commit():
@@ -330,7 +330,7 @@ def test_runs_and_a_sweep_started_together_on_a_new_store_all_land(tmp_path):
     jobs = [[f"seed={i}", f"hydra.run.dir={tmp_path / f'run{i}'}"] for i in range(2)]
     jobs.append(["-m", "model.pool_mode=max,average", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *QUICK, "trainer.epochs=1", *job,
+        [sys.executable, "-m", "pipeline", *job, *QUICK, "trainer.epochs=1",
          f"data.cache_dir={tmp_path / f'data{i}'}", f"tracking.uri={uri}"],
         cwd=tmp_path, env=pipeline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for i, job in enumerate(jobs)]
@@ -470,8 +470,10 @@ def test_run_names_show_model_data_pool_mode_and_the_overrides_that_matter():
     assert names.run_name(cfg, ["model=signs_cnn", "data=image_folder", "data.root=/x/s",
                                 "optimizer.lr=0.01", "model.conv1.f=5", "trainer.progress=false",
                                 "hydra.run.dir=x", "+experiment=maxpool", "tracking.uri=y"]) == (
-        "signs_cnn · sign-language-digits · max pool · lr=0.01 conv1.f=5 experiment=maxpool")
+        "lr=0.01 conv1.f=5 experiment=maxpool · signs_cnn · sign-language-digits · max pool")
     assert names.run_name(make_cfg(), []) == "digits_cnn · digits · max pool"
+    assert names.run_name(make_cfg(), ["model.pool_mode=average", "seed=1"]) == (
+        "pool_mode=average seed=1 · digits_cnn · digits")
     assert names.experiment_name(cfg) == "pipeline-sign-language-digits"
     assert names.sweep_run_name(cfg, ["model.pool_mode", "optimizer.lr"]) == (
         "sweep · sign-language-digits · pool_mode × lr")

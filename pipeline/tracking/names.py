@@ -7,9 +7,10 @@ come first, each with train and val together (``accuracy/``, ``loss/``, then
 ``optimizer/lr`` and ``runtime/epoch_seconds``), and the one-value results after them
 (``summary/``, ``test/``).
 
-Run names say what was run: ``digits_cnn · digits · max pool · lr=0.002 epochs=3``: the
-model, the data set, the pool mode, then the overrides that change the result, with their
-config group dropped (``optimizer.lr`` -> ``lr``). A sweep's child shows its swept values.
+Run names say what was run, what differs first (the runs table shows a name's first 20 or
+so characters): ``lr=0.002 epochs=3 · digits_cnn · digits · max pool``: the overrides that
+change the result, with their config group dropped (``optimizer.lr`` -> ``lr``), then the
+model, the data set and the pool mode. A sweep's child leads with its swept values.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ GROUPS = ("data", "model", "optimizer", "trainer")  # dropped from keys in run n
 # Overrides that do not change what is trained, or that the name already shows.
 NOT_IN_NAMES = re.compile(
     r"^(hydra|tracking)(\.|/|$)|^(data\.cache_dir|trainer\.progress|trainer\.resume|data\.root"
-    r"|model\.pool_mode|model|data)$"
+    r"|model|data)$"
 )
 MAX_NAME = 250  # characters of a run name
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -104,11 +105,20 @@ def named_overrides(overrides: Iterable[str]) -> list[str]:
 
 
 def run_name(cfg: Any, overrides: Iterable[str]) -> str:
-    """``<model> · <data set> · <pool mode> pool[ · <overrides>]``."""
-    parts = [str(cfg.model.get("name", "model")), dataset_label(cfg.data),
-             f"{cfg.model.get('pool_mode', 'max')} pool"]
-    named = " ".join(named_overrides(overrides))
-    return " · ".join([*parts, named] if named else parts)[:MAX_NAME]
+    """``[<overrides> · ]<model> · <data set>[ · <pool mode> pool]`` (the pool mode when
+    the overrides do not show it)."""
+    named = named_overrides(overrides)
+    parts = [str(cfg.model.get("name", "model")), dataset_label(cfg.data)]
+    if not any(o.startswith("pool_mode=") for o in named):
+        parts.append(f"{cfg.model.get('pool_mode', 'max')} pool")
+    return " · ".join([" ".join(named), *parts] if named else parts)[:MAX_NAME]
+
+
+def run_description(overrides: Iterable[str], out_dir: Path) -> str:
+    """A run's description in the UI (markdown): the command that runs it again, and its
+    output directory."""
+    command = " ".join(["python -m pipeline", *overrides])
+    return f"`{command}`\n\nOutput directory: `{Path(out_dir).resolve()}`"
 
 
 def sweep_run_name(cfg: Any, swept_keys: Iterable[str]) -> str:

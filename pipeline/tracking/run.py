@@ -43,15 +43,16 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, Split
 from pipeline.tracking import names
 from pipeline.tracking.store import (
+    DESCRIPTION_TAG,
+    SweepParent,
     TrackingError,
     one_line,
     open_experiment,
@@ -61,7 +62,7 @@ from pipeline.tracking.store import (
     ui_command,
     ui_url,
 )
-from pipeline.tracking.watchdog import Watchdog
+from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -75,21 +76,6 @@ RUN_FILES = (
 )
 KEPT_ON_FAILURE = (*RUN_FILES, "error.txt", "checkpoints/last.npz")
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
-
-
-@dataclass(frozen=True)
-class SweepParent:
-    """What a sweep's job needs to become a child run: where the parent lives, and the keys
-    the sweep varies (they name the child run)."""
-
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
-    swept_keys: tuple[str, ...] = ()
-
-    def swept(self, overrides: Sequence[str]) -> list[str]:
-        """The job's overrides of swept keys, e.g. ``["model.pool_mode=max"]``."""
-        return [o for o in overrides if names.override_key(o) in self.swept_keys]
 
 
 def _start_active_run(client: MlflowClient, cfg: DictConfig, experiment_id: str, name: str,
@@ -163,13 +149,14 @@ class Tracker:
         """Open the store and start the run at ``started_at`` (``time.time()``), with its
         tags and params; TrackingError (one line naming the store) if it cannot."""
         # MLflow's own settings, unless the user set them: epoch metrics are sent in batches
-        # of what 5 s gathered (which also lets the end of a run flush at once, where the
-        # unbuffered queue polls every second); no progress bars for artifact copies.
+        # of what 5 s gathered (by default MLflow sends each call's metrics on its own), and
+        # no progress bars for copying artifacts.
         os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         client, experiment_id, name = _run_place(cfg, overrides, parent)
         tags = {"dataset": names.dataset_label(cfg.data), "overrides": " ".join(overrides),
-                "output_dir": str(out_dir.resolve()), **names.source_tags()}
+                "output_dir": str(out_dir.resolve()), **names.source_tags(),
+                DESCRIPTION_TAG: names.run_description(overrides, out_dir)}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.run_id
         run_id = _start_active_run(client, cfg, experiment_id, name, tags, started_at)
@@ -205,19 +192,11 @@ class Tracker:
             return
         import mlflow
 
-        label = self.info["dataset"]
-        files = {"train": train_file, "val": train_file, "test": test_file}
-        with warnings.catch_warnings():
-            # MLflow 3 registers its local-file dataset source twice, then warns that a path
-            # "can be interpreted in multiple ways" (as that one class, twice).
-            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            self._datasets = {
-                split: mlflow.data.from_numpy(
-                    s.x, targets=s.y, source=str(files[split].resolve()),
-                    name=f"{label}-{split}", digest=names.split_digest(s))
-                for split, s in (("train", data.train), ("val", data.val), ("test", data.test))
-                if len(s)
-            }
+        splits = {"train": (data.train, train_file), "val": (data.val, train_file),
+                  "test": (data.test, test_file)}
+        self._datasets = self._call(
+            "describing the datasets", _as_mlflow_datasets,
+            {k: v for k, v in splits.items() if len(v[0])}, self.info["dataset"]) or {}
         self._call("logging the datasets", mlflow.log_inputs,
                    datasets=list(self._datasets.values()),
                    contexts=[CONTEXTS[k] for k in self._datasets],
@@ -236,16 +215,21 @@ class Tracker:
         if op is not None:
             self._pending.append(op)
 
-    def log_model(self, run_dir: Path, name: str, params: dict[str, str]) -> None:
-        """The run directory's network as a pyfunc model named ``name``, with ``params``;
-        registered too when the tracker has a ``register_as`` name."""
+    def log_model(self, run_dir: Path, name: str, params: dict[str, str],
+                  summary: str = "") -> None:
+        """The run directory's network as a pyfunc model named ``name``, with ``params``
+        and the network's ``summary`` (its layer table) as its description; registered too
+        when the tracker has a ``register_as`` name."""
         if not self.enabled:
             return
         from pipeline.mlflow_model import log_pyfunc_model
 
+        tags = names.source_tags()
+        if summary:
+            tags[DESCRIPTION_TAG] = f"```\n{summary}\n```"
         self.model = self._call(
             "logging the model", log_pyfunc_model, run_dir, name, params=params,
-            tags=names.source_tags(), registered_model_name=self.register_as)
+            tags=tags, registered_model_name=self.register_as)
         if self.model is not None:
             self.info["model_uri"] = self.model.model_uri
             if self.model.registered_model_version:
@@ -296,7 +280,10 @@ class Tracker:
             return
         import mlflow
 
-        for op in self._pending:  # the epochs' batches: sent, or failed after MLflow's retries
+        # Send the epochs' batches now rather than when MLflow's buffer time is up; then each
+        # is sent, or failed after MLflow's retries.
+        self._call("logging epoch metrics", mlflow.flush_async_logging)
+        for op in self._pending:
             self._call("logging epoch metrics", op.wait)
         if error:
             self._call("logging the error", mlflow.set_tag, "error", error[:5000])
@@ -339,6 +326,22 @@ class Tracker:
         return lines
 
 
+def _as_mlflow_datasets(splits: dict[str, tuple[Split, Path]], label: str) -> dict[str, Any]:
+    """``{split: mlflow.data Dataset}`` for ``{split: (data, the HDF5 file it comes from)}``,
+    named ``<label>-<split>`` with ``names.split_digest`` as digest."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow 3 registers its local-file dataset source twice, then warns that a path
+        # "can be interpreted in multiple ways" (as that one class, twice).
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        return {
+            split: mlflow.data.from_numpy(s.x, targets=s.y, source=str(file.resolve()),
+                                          name=f"{label}-{split}", digest=names.split_digest(s))
+            for split, (s, file) in splits.items()
+        }
+
+
 def _end_failed_at_once(run_id: str, reason: str) -> bool:
     """End run ``run_id`` FAILED with ``reason`` after tracking failed, making each request
     once; whether the store took it.
@@ -371,17 +374,6 @@ def _end_failed_at_once(run_id: str, reason: str) -> bool:
             os.environ[key] = saved
 
 
-def _interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM into KeyboardInterrupt so the run ends KILLED; returns the old handler."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
-
-
 @contextlib.contextmanager
 def tracked_run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
@@ -397,7 +389,7 @@ def tracked_run(
         return
     tracker = Tracker.start(cfg, out_dir, overrides, parent, started_at or time.time(),
                             register_as)
-    old_handler = _interrupt_on_sigterm()
+    old_handler = interrupt_on_sigterm()
     status, error = "FAILED", None
     try:
         yield tracker

@@ -11,6 +11,7 @@
 * Experiments are created as model-training experiments (the experiment kind that
   MLflow's UI reads from the ``mlflow.experimentKind`` tag) with a description.
 * ``ui_url``: the page of a run in a tracking server's UI.
+* ``SweepParent``: where a sweep's parent run lives, for its jobs to become its children.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +37,22 @@ LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same SQ
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
 UI_VIEW = "workflowType=machine_learning"
+
+
+@dataclass(frozen=True)
+class SweepParent:
+    """What a sweep's job needs to become a child run: where the parent lives, and the keys
+    the sweep varies (they name the child run)."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    swept_keys: tuple[str, ...] = ()
+
+    def swept(self, overrides: Sequence[str]) -> list[str]:
+        """The job's overrides of swept keys, e.g. ``["model.pool_mode=max"]``."""
+        return [o for o in overrides
+                if o.split("=", 1)[0].lstrip("+~") in self.swept_keys]
 
 
 class TrackingError(RuntimeError):
@@ -166,18 +184,20 @@ def open_experiment(
 
 @contextlib.contextmanager
 def quiet_mlflow() -> Iterator[None]:
-    """MLflow's own log quiet while it opens a store or starts a run: it logs a database
-    error with its whole traceback (60 lines) before raising it, and the caller reports
-    that error itself, in one line."""
+    """MLflow's own log (and that of alembic, its schema migrations) quiet while it opens a
+    store or starts a run: it logs a database error with its whole traceback (60 lines)
+    before raising it, and the caller reports that error itself, in one line."""
     import mlflow  # noqa: F401  (first: importing MLflow sets its loggers' levels)
 
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def open_store(uri: str) -> MlflowClient:

@@ -1,4 +1,7 @@
-"""The watchdog of a tracked run: it ends the MLflow run when the process running it cannot.
+"""How tracked runs end when their process is stopped or dies.
+
+``interrupt_on_sigterm`` makes SIGTERM end a run (or a sweep) like Ctrl-C does: KILLED.
+The watchdog of a tracked run ends the MLflow run when the process running it cannot:
 
     python -m pipeline.tracking.watchdog URI RUN_ID RUN_DIR
 
@@ -19,18 +22,31 @@ to ``PATIENCE`` seconds, and notes the outcome in ``RUN_DIR/tracking_watchdog.lo
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pipeline.tracking.store import one_line, server_answers
 
 PATIENCE = 600.0  # seconds to keep trying to end a run whose store does not answer
 DIED = "the pipeline process ended without ending its run (killed, or it crashed)"
 LOG_FILE = "tracking_watchdog.log"
+
+
+def interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt, so the run ends KILLED; the old handler (None
+    outside the main thread, where handlers cannot be set)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 class Watchdog:
