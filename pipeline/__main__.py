@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import make_optimizer
@@ -27,7 +27,6 @@ from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
 from pipeline.sweep import current_parent, job_started_at
-from pipeline.tracking.names import flatten
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent, TrackingError
 
@@ -140,8 +139,7 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
     )
 
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
-    tracker.log_model(out_dir, spec.name, flatten(OmegaConf.to_container(cfg, resolve=True)),
-                      net.summary())
+    tracker.log_model(out_dir, spec.name, net.summary())
     tracker.log_results(metrics, best, history.best_epoch)
     tracker.log_artifacts()
     say(f"[evaluate] test loss {metrics['test_loss']:.4f}, written to {out_dir}")

@@ -24,6 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.tracking import names
+from pipeline.tracking.store import (
+    DESCRIPTION_TAG,
+    MAX_TAG_LENGTH,
+    PARENT_TAG,
+    TrackingError,
+    check_server,
+    resolve_uri,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +48,6 @@ COLUMNS = {  # the table's metric columns -> the child runs' metrics
 }
 METRICS = tuple(COLUMNS)
 SWEEP_TAG = "pipeline.sweep"  # marks parent runs
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
@@ -193,51 +201,70 @@ def log_summary(
         metrics=[Metric(names.OBJECTIVE, float(top[OBJECTIVE]), now, 0)]
         + [Metric(f"best_run/{m}", float(top[m]), now, 0)
            for m in METRICS if not math.isnan(top[m])],
-        params=[Param(f"best.{k}", str(v)[:6000]) for k, v in best.items()],
+        params=[Param(f"best.{k}", str(v)[:names.MAX_PARAM_LENGTH]) for k, v in best.items()],
         tags=[RunTag("best_run_id", top["run_id"])],
     )
     return table
 
 
 def describe(client: MlflowClient, parent_run_id: str, table: pd.DataFrame) -> None:
-    """The parent's description in the UI: the sweep's command, then the summary table."""
-    parent = client.get_run(parent_run_id)
-    command = parent.data.tags.get("mlflow.note.content", "").split("\n\n")[0]
-    text = f"{command}\n\nChildren, best {OBJECTIVE} first:\n\n```\n{format_table(table)}\n```"
-    client.set_tag(parent_run_id, "mlflow.note.content", text[:5000])
+    """The parent's description in the UI: the sweep's command, then the summary table
+    (cut to fit a tag, keeping the code block closed)."""
+    command = client.get_run(parent_run_id).data.tags.get(DESCRIPTION_TAG, "")
+    head = f"{command.split(chr(10) * 2)[0]}\n\nChildren, best {OBJECTIVE} first:\n\n```\n"
+    room = MAX_TAG_LENGTH - len(head) - len("\n```")
+    client.set_tag(parent_run_id, DESCRIPTION_TAG, f"{head}{format_table(table)[:room]}\n```")
 
 
 def register_champion(
     client: MlflowClient, parent_run_id: str, table: pd.DataFrame, name: str, alias: str
 ) -> str | None:
-    """Register the model of the table's best finished run as a new version of ``name``
-    in the Model Registry, with ``alias`` (e.g. ``models:/NAME@champion``); returns that
-    version, or None when no finished run logged a model."""
+    """Register the model of the table's best FINISHED run as a new version of ``name`` in
+    the Model Registry; the version becomes ``alias`` (``models:/NAME@champion``) unless the
+    current ``alias`` version's run validated better. Returns the new version, or None when
+    no finished run has a ready model."""
     import mlflow
+    from mlflow.entities import LoggedModelStatus
 
-    done = table.dropna(subset=[OBJECTIVE])
+    done = table[table.status == "FINISHED"].dropna(subset=[OBJECTIVE])
     if done.empty:
         return None
-    run = client.get_run(done.iloc[0]["run_id"])
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
-    )
+    best = done.iloc[0]
+    models = [m for m in client.search_logged_models(
+        experiment_ids=[client.get_run(best["run_id"]).info.experiment_id],
+        filter_string=f"source_run_id = '{best['run_id']}'",
+    ) if m.status == LoggedModelStatus.READY]  # (a status filter matches none in MLflow 3.17)
     if not models:
         return None
-    model = models[0]
     # mlflow.register_model also tags the logged model with its registered version (the
     # Models page shows it); it registers in the global store, which is this sweep's.
     mlflow.set_tracking_uri(client.tracking_uri)
-    version = mlflow.register_model(f"models:/{model.model_id}", name).version
+    version = mlflow.register_model(f"models:/{models[0].model_id}", name).version
     client.update_registered_model(
-        name, description=f"The best model of each sweep is its @{alias} version.")
+        name, description=f"Each sweep registers its best model; @{alias} is the version "
+                          f"whose run has the highest {names.OBJECTIVE}.")
     client.update_model_version(
-        name, version, description=f"Best run of sweep {parent_run_id} by {names.OBJECTIVE}: "
-                                   f"{run.info.run_name} ({run.info.run_id}).")
-    client.set_registered_model_alias(name, alias, version)
-    client.set_tag(parent_run_id, "registered_model", f"models:/{name}@{alias} (version {version})")
+        name, version, description=f"Best run of sweep {parent_run_id} by {names.OBJECTIVE} "
+                                   f"({best[OBJECTIVE]:.4g}): {best['run_id']}.")
+    held = _alias_objective(client, name, alias)
+    if held is None or best[OBJECTIVE] >= held:
+        client.set_registered_model_alias(name, alias, version)
+        where = f"models:/{name}@{alias} (version {version})"
+    else:
+        where = f"models:/{name}/{version} ({alias} kept: it validated at {held:.4g})"
+    client.set_tag(parent_run_id, "registered_model", where)
     return version
+
+
+def _alias_objective(client: MlflowClient, name: str, alias: str) -> float | None:
+    """The objective of the run behind model ``name``'s ``alias`` version, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return client.get_run(held.run_id).data.metrics.get(names.OBJECTIVE) if held.run_id else None
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -293,14 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.store import TrackingError, check_server, resolve_uri
-
     uri = resolve_uri(args.tracking_uri)
     try:
         check_server(uri)
     except TrackingError as e:
         raise SystemExit(str(e)) from None
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if (path := sqlite_path(uri)) is not None and not path.is_file():
         raise SystemExit(f"no tracking store at {uri}; run from the sweep's launch directory "
                          "or pass --tracking-uri")
     client = MlflowClient(uri)

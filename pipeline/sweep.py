@@ -12,9 +12,10 @@
   (``job_started_at``), and starts its run as a child with ``mlflow.parentRunId``.
   ``MLFLOW_RUN_ID`` is never used: MLflow would let it win over the parent;
 * ``on_multirun_end`` when every job has returned: the summary (``pipeline.report``) goes
-  on the parent, the best child's model is registered in the Model Registry with the alias
-  ``champion`` (under ``tracking.register_model``, default: the experiment's name), and the
-  parent ends FINISHED, or FAILED if a child failed.
+  on the parent; if every job finished, the best child's model is registered in the Model
+  Registry (under ``tracking.register_model``, default: the experiment's name) and becomes
+  its ``champion`` unless that one validated better; the parent ends FINISHED, or FAILED
+  if a child failed.
 
 Hydra skips ``on_multirun_end`` when a job raises, and Ctrl-C or SIGTERM skip it too; an
 ``atexit`` hook then ends the sweep instead: the summary of the jobs that did finish, any
@@ -25,6 +26,7 @@ the launching process dies (``kill -9``), the parent's watchdog ends it KILLED.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -41,7 +43,10 @@ from pipeline.tracking import names
 from pipeline.tracking.names import source_tags
 from pipeline.tracking.store import (
     DESCRIPTION_TAG,
+    MAX_TAG_LENGTH,
     SweepParent,
+    end_run,
+    one_line,
     open_experiment,
     resolve_uri,
     ui_url,
@@ -127,10 +132,11 @@ class MlflowSweepCallback(Callback):
             uri, experiment, names.experiment_description(config))
         assert experiment_id is not None
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)  # before the run: it holds its log
         self.register_as = config.tracking.register_model or experiment
         space = search_space(config)
         typed = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-        run = client.create_run(
+        run_id = client.create_run(
             experiment_id,
             start_time=int(pipeline.STARTED_AT * 1000),
             run_name=names.sweep_run_name(config, space),
@@ -145,16 +151,21 @@ class MlflowSweepCallback(Callback):
                 **source_tags(),
                 DESCRIPTION_TAG: f"`{' '.join(['python -m pipeline -m', *typed])}`",
             },
-        )
-        self.parent = SweepParent(run.info.run_id, experiment_id, uri, tuple(space))
-        client.log_batch(self.parent.run_id, params=[
-            Param(f"sweep.{k}", v[:6000]) for k, v in space.items()])
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.watchdog = Watchdog.start(uri, run.info.run_id, self.sweep_dir)
+        ).info.run_id
+        self.watchdog = Watchdog.start(uri, run_id, self.sweep_dir)  # at once, for kill -9
+        try:
+            client.log_batch(run_id, params=[
+                Param(f"sweep.{k}", v[:names.MAX_PARAM_LENGTH]) for k, v in space.items()])
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                end_run(client, run_id, "FAILED", f"the sweep could not start: {one_line(e)}")
+            self.watchdog.say("ended")
+            raise
+        self.parent = SweepParent(run_id, experiment_id, uri, tuple(space))
         atexit.register(self.end_interrupted)
         interrupt_on_sigterm()
         log.info("[sweep] MLflow parent run %s in experiment %s, store %s: %s",
-                 run.info.run_id, experiment, uri, ui_url(uri, experiment_id, run.info.run_id))
+                 run_id, experiment, uri, ui_url(uri, experiment_id, run_id))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _current, _job_started_at
@@ -186,9 +197,9 @@ class MlflowSweepCallback(Callback):
 def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
               register_as: str | None = None) -> str:
     """End ``parent``: children still RUNNING end KILLED, the summary is logged, the best
-    child's model is registered as ``register_as@champion`` (when given), and the parent
-    ends FAILED if any child failed, KILLED if the sweep did not complete, else FINISHED.
-    Returns that status."""
+    child's model is registered as a new version of ``register_as`` (when given) if every
+    job finished, and the parent ends FAILED if any child failed, KILLED if the sweep did
+    not complete, else FINISHED. Returns that status."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(parent.tracking_uri)
@@ -196,8 +207,7 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
     for child in report.child_runs(client, parent.experiment_id, parent.run_id):
         child_status = child.info.status
         if child_status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(child.info.run_id, "error", "the sweep ended before this job did")
-            client.set_terminated(child.info.run_id, "KILLED")
+            end_run(client, child.info.run_id, "KILLED", "the sweep ended before this job did")
             child_status = "KILLED"
         counts[child_status] += 1
     if counts["FAILED"]:
@@ -209,12 +219,17 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
     client.set_tag(
         parent.run_id, "children", ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     )
+    table = None
     try:
         table = report.log_summary(client, parent.run_id, sweep_dir)
-        if register_as and not table.empty:
-            report.register_champion(client, parent.run_id, table, register_as, CHAMPION)
     except Exception as e:  # the parent must still end; say why the summary is missing
         log.exception("[sweep] no summary")
-        client.set_tag(parent.run_id, "summary_error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_tag(parent.run_id, "summary_error", one_line(e)[:MAX_TAG_LENGTH])
+    if register_as and table is not None and status == "FINISHED":
+        try:
+            report.register_champion(client, parent.run_id, table, register_as, CHAMPION)
+        except Exception as e:  # as above: the parent still ends, saying why
+            log.exception("[sweep] the best model was not registered")
+            client.set_tag(parent.run_id, "registry_error", one_line(e)[:MAX_TAG_LENGTH])
     client.set_terminated(parent.run_id, status)
     return status

@@ -112,3 +112,42 @@ def test_the_latest_sweep_is_found_by_experiment_or_run_id(sweep):
     assert report.find_parent(client, parent).info.run_id == parent
     with pytest.raises(SystemExit, match="no run 0{32}"):
         report.find_parent(client, "0" * 32)
+
+
+def ready_model(client: MlflowClient, experiment_id: str, run_id: str) -> str:
+    """A logged model of ``run_id`` that is READY (no files: the registry only links it)."""
+    model = client.create_logged_model(experiment_id, name="net", source_run_id=run_id)
+    client.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
+def test_the_best_finished_model_is_champion_unless_the_champion_validated_better(
+    sweep, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    client, exp, parent, ids = sweep
+    for run_id in ids:
+        ready_model(client, exp, run_id)
+    version = report.register_champion(client, parent, report.sweep_table(client, parent),
+                                       "digits", "champion")
+    champion = client.get_model_version_by_alias("digits", "champion")
+    assert champion.version == version and champion.run_id == ids[3]  # 0.95, lower val loss
+    assert client.get_run(parent).data.tags["registered_model"] == (
+        f"models:/digits@champion (version {version})")
+
+    worse = client.create_run(exp, tags={report.SWEEP_TAG: "true"}).info.run_id
+    child = client.create_run(exp, tags={report.PARENT_TAG: worse}).info.run_id
+    client.log_batch(child, metrics=[Metric(names.OBJECTIVE, 0.5, int(time.time() * 1000), 0)])
+    client.set_terminated(child, "FINISHED")
+    ready_model(client, exp, child)
+    second = report.register_champion(client, worse, report.sweep_table(client, worse),
+                                      "digits", "champion")
+    assert second != version  # registered, but the champion stays
+    assert client.get_model_version_by_alias("digits", "champion").version == version
+    assert "champion kept" in client.get_run(worse).data.tags["registered_model"]
+
+
+def test_no_champion_without_a_finished_run_that_has_a_ready_model(sweep):
+    client, _, parent, _ = sweep
+    assert report.register_champion(client, parent, report.sweep_table(client, parent),
+                                    "digits", "champion") is None  # no logged models at all

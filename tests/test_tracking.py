@@ -6,7 +6,6 @@ when they raise, are interrupted or killed, or their store fails."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -293,7 +292,7 @@ def start_long_run(tmp_path: Path, *overrides: str, env: dict[str, str] | None =
     return proc
 
 
-def test_sigterm_ends_the_run_killed(tmp_path):
+def test_sigterm_ends_the_run_killed_by_the_pipeline_itself(tmp_path):
     proc = start_long_run(tmp_path)
     try:
         proc.terminate()
@@ -301,13 +300,13 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     finally:
         proc.kill()
     _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and "error" not in run.data.tags
+    assert not (tmp_path / "run" / "tracking_watchdog.log").exists()  # not its watchdog
 
 
-def test_a_killed_pipeline_process_leaves_its_run_killed_with_its_checkpoint(tmp_path):
+def test_a_killed_pipeline_process_leaves_its_run_killed_and_its_checkpoint(tmp_path):
     """kill -9 gives the pipeline no chance to end its run: its watchdog sees the pipe
-    close and ends the run KILLED; the last checkpoint was logged... by nobody, so it is
-    in the run directory, which the error tag names."""
+    close and ends the run KILLED; the last checkpoint stays in the run directory."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = start_long_run(tmp_path)
     try:
@@ -322,6 +321,7 @@ def test_a_killed_pipeline_process_leaves_its_run_killed_with_its_checkpoint(tmp
     assert run.info.status == "KILLED"
     assert "ended without ending its run" in run.data.tags["error"]
     assert "ended run" in (tmp_path / "run" / "tracking_watchdog.log").read_text()
+    assert (tmp_path / "run" / "checkpoints" / "last.npz").is_file()
 
 
 def test_runs_and_a_sweep_started_together_on_a_new_store_all_land(tmp_path):
@@ -456,7 +456,7 @@ def test_a_server_that_stays_away_costs_no_training_and_the_watchdog_ends_the_ru
     for file in ("weights.npz", "metrics.json", "confusion_matrix.png"):
         assert (run_dir / file).is_file(), file
     info = json.loads((run_dir / RUN_INFO_FILE).read_text())
-    assert info["status"] == "FINISHED" and "tracking_failure" in info
+    assert info["status"] == "FAILED" and "tracking_failure" in info
     mlflow_server.start()  # the watchdog ends the run once the server is back
     client = MlflowClient(mlflow_server.uri)
     wait_for(lambda: client.get_run(info["run_id"]).info.status != "RUNNING", 120,
@@ -489,9 +489,12 @@ def test_a_bad_config_still_fails_inside_a_recorded_run(tmp_path):
     assert run.info.status == "FAILED" and "stride" in run.data.tags["error"]
 
 
-def test_an_error_line_names_the_store_when_it_breaks_during_the_run(tmp_path, monkeypatch):
+def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_directory(
+    tmp_path, monkeypatch
+):
     """A tracking failure after the start never stops training: the run directory is
-    complete and TrackingError names the store and the directory."""
+    complete, the run ends FAILED with the reason, and TrackingError names the store and
+    the directory."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=2", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")
@@ -500,11 +503,31 @@ def test_an_error_line_names_the_store_when_it_breaks_during_the_run(tmp_path, m
         raise OSError("disk full")
 
     monkeypatch.setattr("pipeline.mlflow_model.log_pyfunc_model", broken)
-    with pytest.raises(TrackingError, match=r"logging the model failed: OSError: disk full"):
+    with pytest.raises(TrackingError) as raised:
         entry.run(cfg, tmp_path / "out")
+    message = str(raised.value)
+    assert message.startswith(f"MLflow store {uri}:") and str(tmp_path / "out") in message
+    assert "logging the model failed: OSError: disk full" in message
     assert (tmp_path / "out" / "metrics.json").is_file()
-    client = MlflowClient(uri)
-    wait_for(lambda: only_run(uri)[1].info.status != "RUNNING", 60, "left RUNNING")
-    assert only_run(uri)[1].info.status == "FAILED"
-    assert os.path.isfile(tmp_path / "out" / RUN_INFO_FILE)
-    del client
+    _, run = only_run(uri)
+    assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
+    assert mlflow.active_run() is None
+    info = json.loads((tmp_path / "out" / RUN_INFO_FILE).read_text())
+    assert info["status"] == "FAILED" and "disk full" in info["tracking_failure"]
+
+
+def test_a_run_that_cannot_finish_starting_is_not_left_running(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=1", *QUICK,
+                   f"data.cache_dir={tmp_path / 'data'}")
+
+    def refused(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("params refused")
+
+    monkeypatch.setattr(mlflow, "log_params", refused)
+    with pytest.raises(TrackingError, match="cannot start a run: MlflowException: params refused"):
+        entry.run(cfg, tmp_path / "out")
+    _, run = only_run(uri)
+    assert run.info.status == "FAILED" and "could not start" in run.data.tags["error"]
+    assert mlflow.active_run() is None  # the next run in this process can start
+    assert not (tmp_path / "out" / "checkpoints").exists()

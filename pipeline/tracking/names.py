@@ -23,11 +23,10 @@ import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from pipeline.dataset import Split
+if TYPE_CHECKING:
+    from pipeline.dataset import Split
 
 EPOCH_METRICS = {  # pipeline.train.EpochRecord field -> metric, logged with step=epoch
     "train_accuracy": "accuracy/train",
@@ -45,7 +44,7 @@ GROUPS = ("data", "model", "optimizer", "trainer")  # dropped from keys in run n
 # Overrides that do not change what is trained, or that the name already shows.
 NOT_IN_NAMES = re.compile(
     r"^(hydra|tracking)(\.|/|$)|^(data\.cache_dir|trainer\.progress|trainer\.resume|data\.root"
-    r"|model|data)$"
+    r"|model|data|model\.name|data\.name)$"
 )
 MAX_NAME = 250  # characters of a run name
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -93,10 +92,12 @@ def override_key(override: str) -> str:
 
 def short(override: str) -> str:
     """An override without its config group: ``optimizer.lr=0.002`` -> ``lr=0.002``,
-    ``+experiment=maxpool`` -> ``experiment=maxpool``."""
-    key, _, value = override.lstrip("+~").partition("=")
+    ``+experiment=maxpool`` -> ``experiment=maxpool``, ``~model.dropout1`` -> ``~dropout1``."""
+    deleted = override.startswith("~")
+    key, equals, value = override.lstrip("+~").partition("=")
     group, dot, rest = key.partition(".")
-    return f"{rest if dot and group in GROUPS else key}={value}"
+    key = rest if dot and group in GROUPS else key
+    return f"~{key}" if deleted and not value else f"{'~' if deleted else ''}{key}{equals}{value}"
 
 
 def named_overrides(overrides: Iterable[str]) -> list[str]:
@@ -104,10 +105,11 @@ def named_overrides(overrides: Iterable[str]) -> list[str]:
     return [short(o) for o in overrides if not NOT_IN_NAMES.search(override_key(o))]
 
 
-def run_name(cfg: Any, overrides: Iterable[str]) -> str:
+def run_name(cfg: Any, overrides: Iterable[str], fallback: str = "") -> str:
     """``[<overrides> · ]<model> · <data set>[ · <pool mode> pool]`` (the pool mode when
-    the overrides do not show it)."""
-    named = named_overrides(overrides)
+    the overrides do not show it); ``fallback`` leads instead when no override is named
+    (a sweep's job number, when what it sweeps is not shown in names)."""
+    named = named_overrides(overrides) or ([fallback] if fallback else [])
     parts = [str(cfg.model.get("name", "model")), dataset_label(cfg.data)]
     if not any(o.startswith("pool_mode=") for o in named):
         parts.append(f"{cfg.model.get('pool_mode', 'max')} pool")
@@ -166,6 +168,7 @@ def source_tags() -> dict[str, str]:
 
 def split_digest(split: Split) -> str:
     """8 hex digits of the SHA-256 of a split's images (m, H, W, C) and labels (m,)."""
-    digest = hashlib.sha256(np.ascontiguousarray(split.x))
-    digest.update(np.ascontiguousarray(split.y, dtype="<i8"))
+    x = split.x if split.x.flags.c_contiguous else split.x.tobytes()
+    digest = hashlib.sha256(x)
+    digest.update(split.y.astype("<i8"))
     return digest.hexdigest()[:8]

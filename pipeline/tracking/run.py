@@ -52,13 +52,18 @@ from pipeline.dataset import Dataset, Split
 from pipeline.tracking import names
 from pipeline.tracking.store import (
     DESCRIPTION_TAG,
+    MAX_TAG_LENGTH,
+    PARENT_TAG,
     SweepParent,
     TrackingError,
+    end_run,
+    no_http_retries,
     one_line,
     open_experiment,
     open_store,
     quiet_mlflow,
     resolve_uri,
+    store_errors,
     ui_command,
     ui_url,
 )
@@ -78,35 +83,27 @@ KEPT_ON_FAILURE = (*RUN_FILES, "error.txt", "checkpoints/last.npz")
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
-def _start_active_run(client: MlflowClient, cfg: DictConfig, experiment_id: str, name: str,
-                      tags: dict[str, str], started_at: float) -> str:
-    """Create the run, started at ``started_at`` (``time.time()``), make it MLflow's active
-    run and log the config as its params; its id. TrackingError (one line naming the
-    store) if the store refuses, with the run ended FAILED if it was created."""
-    import mlflow
-
-    run_id = None
+def _create_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+                started_at: float, out_dir: Path) -> tuple[str, Watchdog]:
+    """Create the run, started at ``started_at`` (``time.time()``), and its watchdog at
+    once; TrackingError (one line naming the store) if the store refuses."""
     try:
         with quiet_mlflow():
             run_id = client.create_run(experiment_id, start_time=int(started_at * 1000),
                                        tags=tags, run_name=name).info.run_id
-            mlflow.set_tracking_uri(client.tracking_uri)
-            # None: MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING decides
-            mlflow.start_run(run_id=run_id, log_system_metrics=cfg.tracking.system_metrics or None)
-            mlflow.log_params(names.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        return run_id
     except Exception as e:
-        with contextlib.suppress(Exception), quiet_mlflow():  # not left RUNNING if possible
-            if mlflow.active_run() is not None:
-                mlflow.end_run("FAILED")
-            elif run_id is not None:
-                client.set_terminated(run_id, "FAILED")
         raise TrackingError(
             f"MLflow store {client.tracking_uri}: cannot start a run: {one_line(e)}") from None
+    try:
+        return run_id, Watchdog.start(client.tracking_uri, run_id, out_dir)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            end_run(client, run_id, "FAILED", "the run's watchdog could not be started")
+        raise
 
 
 def _run_place(
-    cfg: DictConfig, overrides: Sequence[str], parent: SweepParent | None
+    cfg: DictConfig, overrides: Sequence[str], parent: SweepParent | None, out_dir: Path
 ) -> tuple[MlflowClient, str, str]:
     """The open store's client, the experiment id and the run name of a job."""
     if parent is None:
@@ -116,7 +113,8 @@ def _run_place(
         assert experiment_id is not None
         return client, experiment_id, names.run_name(cfg, overrides)
     client = open_store(parent.tracking_uri)
-    return client, parent.experiment_id, names.run_name(cfg, parent.swept(overrides))
+    name = names.run_name(cfg, parent.swept(overrides), fallback=f"job {out_dir.name}")
+    return client, parent.experiment_id, name
 
 
 class Tracker:
@@ -133,6 +131,7 @@ class Tracker:
         self._datasets: dict[str, Any] = {}  # split -> mlflow.data Dataset
         self._pending: list[Any] = []  # RunOperations of the asynchronous metric batches
         self._hydra_logged = False
+        self.params: dict[str, str] = {}  # the composed config, flattened: the run's params
 
     @property
     def enabled(self) -> bool:
@@ -153,25 +152,47 @@ class Tracker:
         # no progress bars for copying artifacts.
         os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        client, experiment_id, name = _run_place(cfg, overrides, parent)
+        client, experiment_id, name = _run_place(cfg, overrides, parent, out_dir)
         tags = {"dataset": names.dataset_label(cfg.data), "overrides": " ".join(overrides),
                 "output_dir": str(out_dir.resolve()), **names.source_tags(),
                 DESCRIPTION_TAG: names.run_description(overrides, out_dir)}
         if parent is not None:
-            tags["mlflow.parentRunId"] = parent.run_id
-        run_id = _start_active_run(client, cfg, experiment_id, name, tags, started_at)
-        experiment = client.get_experiment(experiment_id).name
+            tags[PARENT_TAG] = parent.run_id
+        run_id, watchdog = _create_run(client, experiment_id, name, tags, started_at, out_dir)
         uri = client.tracking_uri
         info = {"run_id": run_id, "run_name": name, "experiment_id": experiment_id,
-                "experiment_name": experiment, "tracking_uri": uri, "dataset": tags["dataset"],
+                "experiment_name": "", "tracking_uri": uri, "dataset": tags["dataset"],
                 "ui_url": ui_url(uri, experiment_id, run_id), "status": "RUNNING",
                 "run_model_uri": f"runs:/{run_id}/{cfg.model.get('name', 'model')}"}
-        watchdog = Watchdog.start(uri, run_id, out_dir)
         tracker = cls(run_id, info, out_dir, watchdog, register_as)
-        tracker.write_info()
+        try:
+            tracker._activate(client, cfg)
+        except BaseException as e:  # Ctrl-C too: the run is not left behind RUNNING
+            interrupted = isinstance(e, KeyboardInterrupt)
+            tracker.end_at_once("KILLED" if interrupted else "FAILED",
+                                f"the run could not start: {one_line(e)}")
+            if isinstance(e, store_errors()):
+                raise TrackingError(
+                    f"MLflow store {uri}: cannot start a run: {one_line(e)}") from None
+            raise
         for line in tracker.where():
             log.info(line)
         return tracker
+
+    def _activate(self, client: MlflowClient, cfg: DictConfig) -> None:
+        """Make the created run MLflow's active run, with the config as its params."""
+        import mlflow
+
+        with quiet_mlflow():
+            mlflow.set_tracking_uri(client.tracking_uri)
+            # None: MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING decides
+            mlflow.start_run(run_id=self.run_id,
+                             log_system_metrics=cfg.tracking.system_metrics or None)
+            self.params = names.flatten(OmegaConf.to_container(cfg, resolve=True))
+            mlflow.log_params(self.params)
+            experiment = client.get_experiment(self.info["experiment_id"])
+        self.info["experiment_name"] = experiment.name
+        self.write_info()
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, unless tracking is off or already failed; a failure is
@@ -180,7 +201,7 @@ class Tracker:
             return None
         try:
             return fn(*args, **kwargs)
-        except Exception as e:
+        except store_errors() as e:  # the store's; a bug in this code still fails the run
             self.failure = f"{what} failed: {one_line(e)}"
             log.warning("[mlflow] %s; the run goes on without MLflow", self.failure)
             return None
@@ -215,11 +236,10 @@ class Tracker:
         if op is not None:
             self._pending.append(op)
 
-    def log_model(self, run_dir: Path, name: str, params: dict[str, str],
-                  summary: str = "") -> None:
-        """The run directory's network as a pyfunc model named ``name``, with ``params``
-        and the network's ``summary`` (its layer table) as its description; registered too
-        when the tracker has a ``register_as`` name."""
+    def log_model(self, run_dir: Path, name: str, summary: str = "") -> None:
+        """The run directory's network as a pyfunc model named ``name``, with the run's
+        params and the network's ``summary`` (its layer table) as its description;
+        registered too when the tracker has a ``register_as`` name."""
         if not self.enabled:
             return
         from pipeline.mlflow_model import log_pyfunc_model
@@ -228,7 +248,7 @@ class Tracker:
         if summary:
             tags[DESCRIPTION_TAG] = f"```\n{summary}\n```"
         self.model = self._call(
-            "logging the model", log_pyfunc_model, run_dir, name, params=params,
+            "logging the model", log_pyfunc_model, run_dir, name, params=self.params,
             tags=tags, registered_model_name=self.register_as)
         if self.model is not None:
             self.info["model_uri"] = self.model.model_uri
@@ -286,25 +306,47 @@ class Tracker:
         for op in self._pending:
             self._call("logging epoch metrics", op.wait)
         if error:
-            self._call("logging the error", mlflow.set_tag, "error", error[:5000])
+            self._call("logging the error", mlflow.set_tag, "error", error[:MAX_TAG_LENGTH])
         if status != "FINISHED":
             self.log_artifacts(KEPT_ON_FAILURE)
         self._call("ending the run", mlflow.end_run, status)
-        self.info["status"] = status
-        if self.failure:
-            self.info["tracking_failure"] = self.failure
-        self.write_info()
-        assert self.watchdog is not None
         if not self.failure:
+            self.info["status"] = status
+            self.write_info()
+            assert self.watchdog is not None
             self.watchdog.say("ended")
             for line in self.where():
                 log.info(line)
             return
         reason = (f"tracking failed ({self.failure}); the complete results are in "
                   f"{self.out_dir.resolve()}")
-        ended = _end_failed_at_once(self.run_id, error or reason)
-        self.watchdog.say("ended" if ended else f"end FAILED {error or reason}")
+        self.info["tracking_failure"] = self.failure
+        self.end_at_once(status if status != "FINISHED" else "FAILED", error or reason)
         raise TrackingError(f"MLflow store {self.uri}: {reason}")
+
+    def end_at_once(self, status: str, reason: str) -> None:
+        """End the run with ``status`` and ``reason`` after its store failed, each request
+        made once; if the store does not take it now, the watchdog goes on trying.
+        ``mlflow.end_run`` takes the run off MLflow's active-run stack before it calls the
+        store, so the run is off it either way (left on it, MLflow would end it FINISHED at
+        exit, or the next job of a sweep could not start its own)."""
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.info["status"] = status
+        with contextlib.suppress(OSError):
+            self.write_info()
+        ended = False
+        with no_http_retries(), quiet_mlflow():
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+            with contextlib.suppress(Exception):
+                end_run(MlflowClient(self.uri), self.run_id, status, reason)
+                ended = True
+        assert self.watchdog is not None
+        self.watchdog.say("ended" if ended else f"end {status} {reason}")
 
     def write_info(self) -> None:
         """``mlflow_run.json``: where the run is and what it logged."""
@@ -342,38 +384,6 @@ def _as_mlflow_datasets(splits: dict[str, tuple[Split, Path]], label: str) -> di
         }
 
 
-def _end_failed_at_once(run_id: str, reason: str) -> bool:
-    """End run ``run_id`` FAILED with ``reason`` after tracking failed, making each request
-    once; whether the store took it.
-
-    MLflow reads its retry budget from ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` for each request;
-    the store already failed after a full budget, so these requests get none, and the
-    watchdog goes on trying. ``mlflow.end_run`` takes the run off MLflow's active-run stack
-    before it calls the store, so the run is off it either way (left on it, MLflow would
-    end it again at exit)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    saved = os.environ.get(key)
-    os.environ[key] = "0"
-    try:
-        if mlflow.active_run() is not None:
-            with contextlib.suppress(Exception):
-                mlflow.end_run("FAILED")
-        client = MlflowClient()
-        client.set_tag(run_id, "error", reason[:5000])
-        client.set_terminated(run_id, "FAILED")
-        return True
-    except Exception:
-        return False
-    finally:
-        if saved is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = saved
-
-
 @contextlib.contextmanager
 def tracked_run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
@@ -387,11 +397,12 @@ def tracked_run(
     if not cfg.tracking.enabled:
         yield Tracker()
         return
-    tracker = Tracker.start(cfg, out_dir, overrides, parent, started_at or time.time(),
-                            register_as)
-    old_handler = interrupt_on_sigterm()
+    old_handler = interrupt_on_sigterm()  # first: SIGTERM while the run starts ends it too
     status, error = "FAILED", None
+    tracker = None
     try:
+        tracker = Tracker.start(cfg, out_dir, overrides, parent, started_at or time.time(),
+                                register_as)
         yield tracker
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -403,7 +414,8 @@ def tracked_run(
         raise
     finally:
         try:
-            tracker.end(status, error)
+            if tracker is not None:  # a run that never started has nothing to end
+                tracker.end(status, error)
         except TrackingError:
             if status == "FINISHED":
                 raise  # otherwise the run's own error is the one to see

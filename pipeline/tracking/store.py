@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.tracking import names
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -36,6 +38,9 @@ LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same SQ
 # UI picks the view from its ?workflowType= URL parameter instead, so links carry both.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
+PARENT_TAG = "mlflow.parentRunId"  # a sweep child's parent run
+MAX_TAG_LENGTH = 5000  # MLflow's limit on a tag value
+MLFLOW_SCHEMES = ("databricks", "databricks-uc", "uc")  # tracking URIs without "://"
 UI_VIEW = "workflowType=machine_learning"
 
 
@@ -51,8 +56,7 @@ class SweepParent:
 
     def swept(self, overrides: Sequence[str]) -> list[str]:
         """The job's overrides of swept keys, e.g. ``["model.pool_mode=max"]``."""
-        return [o for o in overrides
-                if o.split("=", 1)[0].lstrip("+~") in self.swept_keys]
+        return [o for o in overrides if names.override_key(o) in self.swept_keys]
 
 
 class TrackingError(RuntimeError):
@@ -68,7 +72,7 @@ def resolve_uri(uri: str | None) -> str:
         if rest.startswith(("/", "file:")):  # absolute, or an SQLite URI filename
             return chosen
         return f"sqlite:///{Path(rest).resolve()}"
-    if "://" not in chosen:  # a plain path: MLflow's file store
+    if ":" not in chosen and chosen not in MLFLOW_SCHEMES:  # a plain path: a file store
         return Path(chosen).resolve().as_uri()
     return chosen
 
@@ -113,6 +117,39 @@ def server_answers(uri: str, timeout: float = 2.0) -> bool:
     except TrackingError:
         return False
     return True
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a store that fails raises through MLflow: its own MlflowException (which wraps
+    database errors), the HTTP client's errors, and the OS's for local files."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException, requests.RequestException, OSError
+
+
+@contextlib.contextmanager
+def no_http_retries() -> Iterator[None]:
+    """MLflow's requests to a server made once each, without its retries (about 4 minutes
+    by default), for a server that already failed after a full budget: MLflow reads the
+    budget from ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` for each request."""
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """End run ``run_id`` with ``status``, with ``reason`` (if any) in its ``error`` tag."""
+    if reason:
+        client.set_tag(run_id, "error", reason[:MAX_TAG_LENGTH])
+    client.set_terminated(run_id, status)
 
 
 def one_line(error: BaseException) -> str:

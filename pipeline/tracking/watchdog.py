@@ -16,8 +16,9 @@ on the pipe decides what happens:
   so the run ends KILLED.
 
 In the last two cases the watchdog ends the run if it is still RUNNING, with ``REASON`` in
-its ``error`` tag, retrying with backoff while a tracking server does not answer, for up
-to ``PATIENCE`` seconds, and notes the outcome in ``RUN_DIR/tracking_watchdog.log``.
+its ``error`` tag. While the store does not answer it keeps trying, with backoff up to a
+minute between tries (each request made once, without MLflow's own retries), for up to
+``PATIENCE`` (a day), and notes the outcome in ``RUN_DIR/tracking_watchdog.log``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.tracking.store import one_line, server_answers
+from pipeline.tracking.store import end_run as end_in_store
+from pipeline.tracking.store import no_http_retries, one_line, server_answers
 
-PATIENCE = 600.0  # seconds to keep trying to end a run whose store does not answer
+PATIENCE = 24 * 3600.0  # seconds to keep trying to end a run whose store does not answer
 DIED = "the pipeline process ended without ending its run (killed, or it crashed)"
 LOG_FILE = "tracking_watchdog.log"
 
@@ -98,11 +100,11 @@ def end_run(uri: str, run_id: str, status: str, reason: str, patience: float) ->
                 from mlflow.tracking import MlflowClient
 
                 client = MlflowClient(uri)
-                now = client.get_run(run_id).info.status
-                if now != "RUNNING":
-                    return f"run {run_id} was already {now}"
-                client.set_tag(run_id, "error", reason[:5000])
-                client.set_terminated(run_id, status)
+                with no_http_retries():
+                    now = client.get_run(run_id).info.status
+                    if now != "RUNNING":
+                        return f"run {run_id} was already {now}"
+                    end_in_store(client, run_id, status, reason)
                 return f"ended run {run_id} {status}: {reason}"
             except Exception as e:  # the store failed again: keep trying until the deadline
                 last = one_line(e)
