@@ -149,7 +149,7 @@ class MlflowSweepCallback(Callback):
                 "launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
                 "objective": f"{names.OBJECTIVE} (maximize)",
                 **source_tags(),
-                DESCRIPTION_TAG: f"`{' '.join(['python -m pipeline -m', *typed])}`",
+                DESCRIPTION_TAG: f"`{names.command('python -m pipeline -m', typed)}`",
             },
         ).info.run_id
         self.watchdog = Watchdog.start(uri, run_id, self.sweep_dir)  # at once, for kill -9
@@ -197,9 +197,9 @@ class MlflowSweepCallback(Callback):
 def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
               register_as: str | None = None) -> str:
     """End ``parent``: children still RUNNING end KILLED, the summary is logged, the best
-    child's model is registered as a new version of ``register_as`` (when given) if every
-    job finished, and the parent ends FAILED if any child failed, KILLED if the sweep did
-    not complete, else FINISHED. Returns that status."""
+    finished child's model is registered as a new version of ``register_as`` (when given)
+    unless the sweep was killed, and the parent ends FAILED if any child failed,
+    KILLED if the sweep did not complete, else FINISHED. Returns that status."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(parent.tracking_uri)
@@ -225,9 +225,11 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
     except Exception as e:  # the parent must still end; say why the summary is missing
         log.exception("[sweep] no summary")
         client.set_tag(parent.run_id, "summary_error", one_line(e)[:MAX_TAG_LENGTH])
-    if register_as and table is not None and status == "FINISHED":
+    if register_as and table is not None and status != "KILLED":  # the best finished job
         try:
-            report.register_champion(client, parent.run_id, table, register_as, CHAMPION)
+            if report.register_champion(client, parent.run_id, table, register_as, CHAMPION):
+                where = client.get_run(parent.run_id).data.tags["registered_model"]
+                log.info("[sweep] best model registered: %s", where)
         except Exception as e:  # as above: the parent still ends, saying why
             log.exception("[sweep] the best model was not registered")
             client.set_tag(parent.run_id, "registry_error", one_line(e)[:MAX_TAG_LENGTH])

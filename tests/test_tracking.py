@@ -349,11 +349,16 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("store", ["parent is a file", "read-only"])
-def test_a_store_that_cannot_be_written_is_refused_at_once_in_one_line(tmp_path, store):
+@pytest.mark.parametrize("store, says", [
+    ("parent is a file", "is not a folder"), ("no such folder", "does not exist"),
+    ("read-only", "Error"),
+])
+def test_a_store_that_cannot_be_written_is_refused_at_once_in_one_line(tmp_path, store, says):
     if store == "parent is a file":
         (tmp_path / "a_file").write_text("")
         uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    elif store == "no such folder":  # a typo in the path: not silently created
+        uri = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"
     else:  # a store in use, opened read-only (chmod does not stop root; this does)
         MlflowClient(f"sqlite:///{tmp_path / 'ro.db'}").create_experiment("pipeline-digits")
         uri = f"sqlite:///file:{tmp_path / 'ro.db'}?mode=ro&uri=true"
@@ -362,8 +367,9 @@ def test_a_store_that_cannot_be_written_is_refused_at_once_in_one_line(tmp_path,
                f"hydra.run.dir={tmp_path / 'run'}")
     assert time.monotonic() - start < 30
     line = one_line_error(proc)
-    assert line.startswith(f"error: MLflow store {uri}") and "Error" in line
+    assert line.startswith(f"error: MLflow store {uri}") and says in line
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+    assert not (tmp_path / "typo").exists()
 
 
 def test_an_unreachable_server_is_refused_at_once_in_one_line(tmp_path):

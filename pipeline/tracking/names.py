@@ -20,6 +20,7 @@ import functools
 import getpass
 import hashlib
 import re
+import shlex
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -116,11 +117,17 @@ def run_name(cfg: Any, overrides: Iterable[str], fallback: str = "") -> str:
     return " · ".join([" ".join(named), *parts] if named else parts)[:MAX_NAME]
 
 
+def command(program: str, overrides: Iterable[str]) -> str:
+    """``program`` and the overrides as a shell line that passes them on as typed (quoted
+    where a shell would split or expand them)."""
+    return " ".join([program, *map(shlex.quote, overrides)])
+
+
 def run_description(overrides: Iterable[str], out_dir: Path) -> str:
     """A run's description in the UI (markdown): the command that runs it again, and its
     output directory."""
-    command = " ".join(["python -m pipeline", *overrides])
-    return f"`{command}`\n\nOutput directory: `{Path(out_dir).resolve()}`"
+    again = command("python -m pipeline", overrides)
+    return f"`{again}`\n\nOutput directory: `{Path(out_dir).resolve()}`"
 
 
 def sweep_run_name(cfg: Any, swept_keys: Iterable[str]) -> str:

@@ -57,6 +57,7 @@ from pipeline.tracking.store import (
     SweepParent,
     TrackingError,
     end_run,
+    mlflow_command,
     no_http_retries,
     one_line,
     open_experiment,
@@ -362,9 +363,10 @@ class Tracker:
         lines.append(f"[mlflow] open: {command + ', then ' if command else ''}{i['ui_url']}")
         model = i.get("registered_model_uri") or i.get("model_uri")
         if model or i["status"] == "RUNNING":
-            model = model or f"{i['run_model_uri']} (once the run has finished)"
-            lines.append(f"[mlflow] serve: MLFLOW_TRACKING_URI={i['tracking_uri']} mlflow models "
-                         f"serve -m {model} --env-manager local -p 5001")
+            later = "" if model else "   (once the run has finished)"
+            lines.append(f"[mlflow] serve: MLFLOW_TRACKING_URI={i['tracking_uri']} "
+                         f"{mlflow_command()} models serve -m {model or i['run_model_uri']} "
+                         f"--env-manager local -p 5001{later}")
         return lines
 
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -203,6 +204,9 @@ def open_experiment(
 
     check_server(uri)
     path = sqlite_path(uri)
+    if path is not None and not path.parent.is_dir():  # else the lock file would create it
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise TrackingError(f"MLflow store {uri}: the folder {path.parent} {what}")
     try:
         with quiet_mlflow():
             if path is None:
@@ -250,7 +254,19 @@ def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment_id}/{page}?{UI_VIEW}"
 
 
+def mlflow_command() -> str:
+    """The ``mlflow`` command of this interpreter's environment, as a fresh shell in the
+    working directory can run it: ``.venv/bin/mlflow`` for the README's set-up, else the
+    absolute path, else bare ``mlflow``."""
+    script = Path(sys.executable).parent / "mlflow"
+    if not script.is_file():
+        return "mlflow"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
 def ui_command(uri: str) -> str | None:
     """How to open the UI on a store that is not a server: ``mlflow ui --backend-store-uri
     URI`` (None for a server: its own address is the UI)."""
-    return None if is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
+    return None if is_server(uri) else f"{mlflow_command()} ui --backend-store-uri {uri}"
