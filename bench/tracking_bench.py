@@ -16,13 +16,13 @@ apart, not counted in the medians.
 
 Prints every run's wall time, the medians of wall and CPU time, and the time tracking adds
 (difference of the medians; and, as a check, the median of the paired differences) in
-seconds and as a share of the untracked run, against the target of at most 3%. Checks
-that every tracked run ended FINISHED with its test accuracy logged. Then where the fixed
-part of the cost goes: importing MLflow, opening the store, starting a run and logging a
-model, each timed (median of 3) in a fresh process on the benchmark's own store and last
-run directory;
-their sum is the cost's fixed part, measured without the noise that a shared host adds to
-whole runs of a minute or more (seen here: the same untracked run taking 96 s to 131 s).
+seconds and as a share of the untracked run, against the target of at most 3% for the
+shipped experiments. Checks that every tracked run ended FINISHED with its test accuracy
+logged. Then where the fixed part of the cost goes: importing MLflow, opening the store,
+starting a run and logging a model, each timed (median of 3) in a fresh process on the
+benchmark's own store and last run directory; their sum is the cost's fixed part,
+measured without the noise that a shared host adds to whole runs of a minute or more
+(seen here: the same untracked run taking 96 s to 131 s).
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = 0.03  # tracking may add at most this share of the untracked run's wall time
+TARGET = 0.03  # tracking may add at most this share of a shipped experiment's wall time
+
+
+def verdict(share: float, shipped: bool) -> str:
+    """The target's verdict: for the shipped experiments (``+experiment=...``) only."""
+    if not shipped:
+        return "no target: the default run is a few seconds long"
+    return f"target <= {TARGET:.0%}: {'MET' if share <= TARGET else 'NOT MET'}"
 
 
 def run_pipeline(tmp: Path, overrides: list[str]) -> tuple[float, float]:
@@ -133,11 +140,11 @@ def main() -> None:
         last = max((launch / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
         model_name = json.loads((last / "model.json").read_text())["model"]["name"]
         steps = fixed_steps(f"sqlite:///{launch / 'mlflow.db'}", last, model_name)
-    report(times, first, steps)
+    report(times, first, steps, any(o.startswith("+experiment=") for o in args.overrides))
 
 
 def report(times: dict[str, list[tuple[float, float]]], first: float,
-           steps: dict[str, float]) -> None:
+           steps: dict[str, float], shipped: bool) -> None:
     """Print the runs, the medians, the added time and where the fixed part goes."""
     print(f"{'':<11}{'median wall':>12}{'median CPU':>12}  wall of each run (s)")
     for name, runs in times.items():
@@ -157,12 +164,12 @@ def report(times: dict[str, list[tuple[float, float]]], first: float,
           f"before it): {paired:+.2f} s = {paired / base_s:+.1%}")
     print(f"CPU time tracking adds: {cpu_added:+.2f} s")
     print(f"tracking adds {added:+.2f} s = {share:+.1%} of the untracked run's wall time "
-          f"(target <= {TARGET:.0%}: {'MET' if share <= TARGET else 'NOT MET'})")
+          f"({verdict(share, shipped)})")
     print("fixed steps of tracking, each in a fresh process (median of 3):")
     for name, seconds in steps.items():
         print(f"  {name:<16}{seconds:>6.2f} s")
     print(f"  {'total':<16}{fixed:>6.2f} s = {fixed / base_s:.1%} of the untracked run "
-          f"(target <= {TARGET:.0%}: {'MET' if fixed / base_s <= TARGET else 'NOT MET'})")
+          f"({verdict(fixed / base_s, shipped)})")
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
