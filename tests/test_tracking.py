@@ -241,6 +241,17 @@ def test_flatten_keeps_values_within_mlflows_limit():
     assert flat["a.b"] == "1" and flat["e"] == "None" and len(flat["a.c.d"]) <= 6000
 
 
+def test_artifacts_go_beside_the_database_wherever_the_run_is_launched(tmp_path):
+    store, launch = tmp_path / "store", tmp_path / "launch"
+    store.mkdir(), launch.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    proc = cli(launch, "trainer.epochs=1", f"tracking.uri={uri}")
+    assert proc.returncode == 0, proc.stderr
+    client, run = only_run(uri)
+    assert run.info.artifact_uri.startswith(str(store / "mlruns" / "pipeline-digits"))
+    assert list((store / "mlruns").rglob("MLmodel")) and not (launch / "mlruns").exists()
+
+
 def test_disabled_tracking_writes_outputs_and_no_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -9,7 +9,8 @@
   lock beside it (``mlflow.db.lock``), and experiments are created under the same lock, so
   runs and sweeps started together on a new store all land.
 * Experiments are created as model-training experiments (the experiment kind that
-  MLflow's UI reads from the ``mlflow.experimentKind`` tag) with a description.
+  MLflow's UI reads from the ``mlflow.experimentKind`` tag) with a description; on SQLite,
+  their artifacts go beside the database (``mlruns/<experiment>/``).
 * ``ui_url``: the page of a run in a tracking server's UI.
 * ``SweepParent``: where a sweep's parent run lives, for its jobs to become its children.
 """
@@ -173,16 +174,19 @@ def _open_client(uri: str) -> MlflowClient:
     return client
 
 
-def _get_or_create(client: MlflowClient, name: str, description: str) -> str:
-    """The id of experiment ``name``, created as a model-training experiment if new; an
-    existing one without a kind is given it."""
+def _get_or_create(
+    client: MlflowClient, name: str, description: str, artifacts: Path | None = None
+) -> str:
+    """The id of experiment ``name``, created as a model-training experiment if new (its
+    artifacts under ``artifacts``, when given); an existing one without a kind is given it."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, DESCRIPTION_TAG: description}
+        location = str(artifacts / re.sub(r"[^\w.-]+", "-", name)) if artifacts else None
         try:
-            return client.create_experiment(name, tags=tags)
+            return client.create_experiment(name, location, tags)
         except MlflowException as e:  # another process created it first (a server store)
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -214,7 +218,10 @@ def open_experiment(
                 return client, name and _get_or_create(client, name, description)
             with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
                 client = _open_client(uri)
-                return client, name and _get_or_create(client, name, description)
+                # Artifacts beside the database, wherever the run is launched from (MLflow
+                # puts them in ./mlruns of the process that creates the experiment).
+                artifacts = path.parent / "mlruns"
+                return client, name and _get_or_create(client, name, description, artifacts)
     except Timeout:
         raise TrackingError(
             f"MLflow store {uri}: another process held {path}.lock for {LOCK_TIMEOUT:.0f} s"
