@@ -2,8 +2,9 @@
 
 ``image_folder_to_h5`` decodes every image (RGB, resized with LANCZOS), splits train from
 test (or takes a separate test folder) and writes the pair with ``load.write_split``, e.g.
-for ``../shared/data/sign-language-digits``. The files are rebuilt only when the source
-images or the parameters change; ``load.load_dataset`` reads them like any other pair.
+for ``../shared/data/sign-language-digits``, as a ``pipeline.cache`` pair: a new pair
+when the source images or the parameters change; ``load.load_dataset`` reads them like
+any other pair.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.cache import cached_pair
 from pipeline.load import (
     FORMAT_VERSION,
     SPLITS,
     PathLike,
-    attrs_match,
     check_fraction,
     stratified_split,
     write_split,
@@ -123,9 +124,10 @@ def image_folder_to_h5(
     With ``test_root`` (same layout and class folders) that folder is the test set, no
     split is made and ``test_fraction`` and ``seed`` are unused.
 
-    The files, ``imagefolder-<hash>-{train,test}.h5`` in out_dir (hash of the absolute
-    roots and the parameters), are reused while a fingerprint of the source images (their
-    relative paths, sizes and modification times) is unchanged, rebuilt otherwise.
+    The pair lives in ``out_dir/<root name>-<hash>/`` (``pipeline.cache``), the hash
+    covering the absolute roots, the parameters and a fingerprint of the source images
+    (their relative paths, sizes and modification times): reused while all are unchanged,
+    a new pair otherwise.
 
     Returns:
         ``(train_path, test_path)``, absolute.
@@ -154,35 +156,27 @@ def image_folder_to_h5(
         roots.append(test_dir)
         all_files.append(test_files)
 
-    params = json.dumps(
-        {
-            "root": str(root),
-            "test_root": None if test_dir is None else str(test_dir),
-            "image_size": int(image_size),
-            "test_fraction": None if test_dir is not None else test_fraction,
-            "seed": None if test_dir is not None else int(seed),
-            "format_version": FORMAT_VERSION,
-        },
-        sort_keys=True,
-    )
-    tag = hashlib.sha256(params.encode()).hexdigest()[:12]
-    out_dir = Path(out_dir).absolute()
-    paths = (out_dir / f"imagefolder-{tag}-train.h5", out_dir / f"imagefolder-{tag}-test.h5")
-    attrs = {
-        "params": params,
+    key = {
+        "root": str(root),
+        "test_root": None if test_dir is None else str(test_dir),
+        "image_size": int(image_size),
+        "test_fraction": None if test_dir is not None else test_fraction,
+        "seed": None if test_dir is not None else int(seed),
+        "format_version": FORMAT_VERSION,
         "fingerprint": _fingerprint(roots, all_files),
         "resample": RESAMPLE.name,
     }
-    if attrs_match(paths, attrs):
-        return paths
 
-    classes = np.arange(len(names), dtype=np.int64)
-    x, y = _decode_all(files, int(image_size))
-    if test_dir is None:
-        train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
-        splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
-    else:
-        splits = ((x, y), _decode_all(all_files[1], int(image_size)))
-    for path, split, (xs, ys) in zip(paths, SPLITS, splits, strict=True):
-        write_split(path, split, xs, ys, classes, names, attrs=attrs)
-    return paths
+    def write(train_path: Path, test_path: Path) -> None:
+        classes = np.arange(len(names), dtype=np.int64)
+        x, y = _decode_all(files, int(image_size))
+        if test_dir is None:
+            train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
+            splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
+        else:
+            splits = ((x, y), _decode_all(all_files[1], int(image_size)))
+        attrs = {"params": json.dumps(key, sort_keys=True)}
+        for path, split, (xs, ys) in zip((train_path, test_path), SPLITS, splits, strict=True):
+            write_split(path, split, xs, ys, classes, names, attrs=attrs)
+
+    return cached_pair(out_dir, root.name or "imagefolder", key, write)

@@ -8,9 +8,9 @@ Every data set flows through a pair of HDF5 files laid out like the SIGNS course
 plus an optional ``class_names`` (K,) dataset of UTF-8 strings. Labels are stored as class
 VALUES (members of ``list_classes``); in memory they are INDICES into it (``0 .. K-1``).
 
-``read_split`` / ``write_split`` read and write one split of that layout; ``attrs_match``,
-``check_fraction`` and ``stratified_split`` are shared with the converters. Sources
-converted into that layout (written once, then reused while unchanged):
+``read_split`` / ``write_split`` read and write one split of that layout; ``check_fraction``
+and ``stratified_split`` are shared with the converters. Sources converted into that
+layout, each pair kept by ``pipeline.cache`` under a name that covers what made it:
 
 - ``digits_to_h5`` (here): scikit-learn's bundled 8x8 digits (no download), 1 channel.
 - ``pipeline.imagefolder.image_folder_to_h5``: an image folder
@@ -31,6 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.cache import cached_pair
 from pipeline.dataset import Dataset, Split
 
 PathLike = str | os.PathLike[str]
@@ -247,56 +248,42 @@ def write_split(
     return path
 
 
-def attrs_match(paths: Sequence[Path], expected: dict[str, Any]) -> bool:
-    """Whether every file exists, is readable and carries exactly these attribute values."""
-    try:
-        for path in paths:
-            with h5py.File(path, "r") as f:
-                for key, value in expected.items():
-                    if key not in f.attrs or f.attrs[key] != value:
-                        return False
-    except OSError:  # missing or unreadable: rebuild
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- digits
 
 
 def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Path, Path]:
-    """Write scikit-learn's 8x8 digits as ``digits_train.h5`` / ``digits_test.h5``.
+    """Write scikit-learn's 8x8 digits as a ``digits_train.h5`` / ``digits_test.h5`` pair.
 
     Images (1797, 8, 8) with values 0..16 become uint8 ``round(v * 255 / 16)`` of shape
     (m, 8, 8, 1): one channel, which the network handles like any other count. Classes
-    0..9. The train/test split is stratified and seeded. The files are reused when they
-    already exist with the same ``seed`` and ``test_fraction`` (stored as HDF5 attributes),
-    rewritten otherwise.
+    0..9. The train/test split is stratified and seeded. The pair lives in
+    ``out_dir/digits-<hash>/``, the hash covering ``seed`` and ``test_fraction``
+    (``pipeline.cache``): each split its own folder, reused while it exists.
 
     Returns:
         ``(train_path, test_path)``, absolute.
     """
     test_fraction = check_fraction("test_fraction", test_fraction)
-    out_dir = Path(out_dir).absolute()
-    paths = (out_dir / "digits_train.h5", out_dir / "digits_test.h5")
-    attrs = {
+    key = {
         "source": "sklearn.datasets.load_digits",
         "seed": int(seed),
         "test_fraction": test_fraction,
         "format_version": FORMAT_VERSION,
     }
-    if attrs_match(paths, attrs):
-        return paths
 
-    from sklearn.datasets import load_digits  # slow import; only needed to (re)build
+    def write(train_path: Path, test_path: Path) -> None:
+        from sklearn.datasets import load_digits  # slow import; only needed to build
 
-    digits = load_digits()
-    x = np.rint(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]
-    y = digits.target.astype(np.int64)
-    train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
-    classes = np.arange(10, dtype=np.int64)
-    for path, split, idx in zip(paths, SPLITS, (train_idx, test_idx), strict=True):
-        write_split(path, split, x[idx], y[idx], classes, attrs=attrs)
-    return paths
+        digits = load_digits()
+        x = np.rint(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]  # (m, 8, 8, 1)
+        y = digits.target.astype(np.int64)
+        train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
+        classes = np.arange(10, dtype=np.int64)
+        for path, split, idx in zip((train_path, test_path), SPLITS, (train_idx, test_idx),
+                                    strict=True):
+            write_split(path, split, x[idx], y[idx], classes, attrs=key)
+
+    return cached_pair(out_dir, "digits", key, write)
 
 
 # --------------------------------------------------------------------------- loading

@@ -92,7 +92,7 @@ def test_predictor_classifies_raw_uint8_images_like_the_evaluation(digits_run, t
 
     _, out = digits_run
     metrics = json.loads((out / "metrics.json").read_text())
-    x, y, classes, _ = read_split(next(tmp_path.parent.glob("cli*/data/digits_test.h5")),
+    x, y, classes, _ = read_split(next(tmp_path.parent.glob("cli*/data/digits-*/digits_test.h5")),
                                   "test")
     predictor = Predictor.from_run_dir(out)
     labels = predictor.predict(x)  # raw uint8 in, class values out

@@ -36,8 +36,8 @@ def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
     (root / "LICENSE").write_text("a file beside the class folders")
     out = tmp_path / "out"
     train_path, test_path = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
-    assert train_path.name.startswith("imagefolder-") and train_path.name.endswith("-train.h5")
-    assert test_path.name == train_path.name.replace("-train", "-test")
+    assert train_path.parent.name.startswith("src-") and train_path.name == "src_train.h5"
+    assert test_path == train_path.parent / "src_test.h5"
     x_tr, y_tr, classes, names = read_split(train_path, "train")
     x_te, y_te, _, test_names = read_split(test_path, "test")
     assert x_tr.shape == (9, 8, 8, 3) and x_te.shape == (9, 8, 8, 3) and x_tr.dtype == np.uint8
@@ -50,12 +50,13 @@ def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
     assert [p.stat().st_mtime_ns for p in again] == mtimes  # unchanged source: reused
 
     Image.new("RGB", (30, 20), "red").save(root / "c" / "extra.BMP")
-    image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
-    assert len(read_split(train_path, "train")[0]) + len(read_split(test_path, "test")[0]) == 19
+    grown = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=0)
+    assert grown[0].parent != train_path.parent  # a changed source: a new pair
+    assert len(read_split(grown[0], "train")[0]) + len(read_split(grown[1], "test")[0]) == 19
 
     other = image_folder_to_h5(root, out, image_size=8, test_fraction=0.5, seed=1)
-    assert other[0] != train_path  # different parameters: different files
-    assert len(list(out.iterdir())) == 4
+    assert other[0].parent not in (train_path.parent, grown[0].parent)  # another seed
+    assert len(list(out.iterdir())) == 3  # three pairs, no temporary files
 
 
 def test_image_folder_resize_and_numeric_class_order(tmp_path: Path) -> None:
@@ -125,7 +126,7 @@ def test_image_folder_unreadable_image(tmp_path: Path) -> None:
     (root / "b" / "broken.jpg").write_bytes(b"definitely not a JPEG")
     with pytest.raises(ValueError, match=r"cannot read image .*src/b/broken\.jpg"):
         image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)
-    assert not (tmp_path / "out").exists()  # nothing half-written
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-written left
 
 
 def test_real_sign_language_digits(tmp_path: Path) -> None:

@@ -167,6 +167,7 @@ def test_write_split_rejects_bad_input(tmp_path: Path) -> None:
 def test_digits_shapes_and_stratification(tmp_path: Path) -> None:
     train_path, test_path = digits_to_h5(tmp_path, seed=0, test_fraction=0.2)
     assert (train_path.name, test_path.name) == ("digits_train.h5", "digits_test.h5")
+    assert train_path.parent == test_path.parent and train_path.parent.name.startswith("digits-")
     x_tr, y_tr, classes, _ = read_split(train_path, "train")
     x_te, y_te, classes_te, _ = read_split(test_path, "test")
     assert x_tr.shape[1:] == (8, 8, 1) and x_tr.dtype == np.uint8
@@ -177,20 +178,21 @@ def test_digits_shapes_and_stratification(tmp_path: Path) -> None:
     np.testing.assert_allclose(share, 0.25, atol=0.03)  # test/train = 0.2 / 0.8 in each class
 
 
-def test_digits_reused_then_regenerated(tmp_path: Path) -> None:
+def test_digits_reused_and_each_split_in_its_own_folder(tmp_path: Path) -> None:
     paths = digits_to_h5(tmp_path, seed=0, test_fraction=0.2)
     mtimes = [p.stat().st_mtime_ns for p in paths]
     time.sleep(0.01)
     assert digits_to_h5(tmp_path, seed=0, test_fraction=0.2) == paths
     assert [p.stat().st_mtime_ns for p in paths] == mtimes  # reused, not rewritten
-    y_before = read_split(paths[1], "test")[1]
-    digits_to_h5(tmp_path, seed=1, test_fraction=0.2)
-    assert all(p.stat().st_mtime_ns != t for p, t in zip(paths, mtimes, strict=True))
-    with h5py.File(paths[0], "r") as f:
+    seed1 = digits_to_h5(tmp_path, seed=1, test_fraction=0.2)
+    assert seed1[0].parent != paths[0].parent  # another seed: another folder ...
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes  # ... and seed 0's pair untouched
+    with h5py.File(seed1[0], "r") as f:
         assert f.attrs["seed"] == 1
-    assert not np.array_equal(read_split(paths[1], "test")[1], y_before)
-    digits_to_h5(tmp_path, seed=1, test_fraction=0.3)
-    assert len(read_split(paths[1], "test")[0]) == 540
+    assert not np.array_equal(read_split(seed1[1], "test")[1], read_split(paths[1], "test")[1])
+    assert len(read_split(digits_to_h5(tmp_path, seed=1, test_fraction=0.3)[1], "test")[0]) == 540
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 3 and all(f.startswith("digits-") for f in folders)  # no .tmp left
 
 
 def test_digits_bad_fraction(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def tracking(tmp_path_factory):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    x, _, _, _ = read_split(tmp / "data" / "digits_test.h5", "test")
+    x, _, _, _ = read_split(next((tmp / "data").glob("digits-*/digits_test.h5")), "test")
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)

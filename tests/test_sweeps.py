@@ -6,6 +6,7 @@ a fresh SQLite store, then reads everything back through MlflowClient."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,28 @@ def test_eight_parallel_jobs_are_eight_children_none_lost(tmp_path):
     assert [c.info.status for c in children] == ["FINISHED"] * 8
     assert len({c.data.tags["output_dir"] for c in children}) == 8
     assert_summary(client, parent, 8)
+
+
+def test_parallel_jobs_of_several_seeds_equal_lone_runs_of_those_seeds(tmp_path):
+    # A cold cache: the four jobs build their digits splits at the same moment.
+    proc = run_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "seed=0,1,2,3")
+    assert proc.returncode == 0, proc.stderr
+    _, _, children = the_sweep(tmp_path)
+    assert len(children) == 4
+    for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
+        seed = OmegaConf.load(job / ".hydra" / "config.yaml").seed
+        lone = tmp_path / f"lone{seed}"
+        args, env = sweep_cmd(lone, f"seed={seed}", "tracking.enabled=false",
+                              f"hydra.run.dir={lone / 'run'}")
+        del args[3]  # the multirun flag: a lone run
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        alone = json.loads((lone / "run" / "metrics.json").read_text())
+        swept = json.loads((job / "metrics.json").read_text())
+        assert swept["test_accuracy"] == alone["test_accuracy"], seed
+        assert swept["test_loss"] == pytest.approx(alone["test_loss"], rel=1e-6), seed
 
 
 def test_a_failing_job_fails_its_child_and_the_parent_keeping_the_others(tmp_path):
