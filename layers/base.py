@@ -40,10 +40,22 @@ def shape_str(shape: Shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
+class HyperparameterError(ValueError):
+    """A hyperparameter out of its range: ``<owner>: <key> <requirement>, got <value>``.
+
+    ``key``, ``requirement`` and ``value`` are kept, so that a caller can say it in its own
+    terms (the pipeline names the config key: ``optimizer.beta1 must be in [0, 1), ...``)."""
+
+    def __init__(self, owner: str, key: str, requirement: str, value: Any) -> None:
+        super().__init__(f"{owner}: {key} {requirement}, got {value!r}")
+        self.key, self.requirement, self.value = key, requirement, value
+
+
 def check_positive_int(layer: str, key: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a ValueError naming ``layer.key``."""
+    """Return ``value`` if it is an int >= 1, else raise a HyperparameterError naming
+    ``layer`` and ``key``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {key} must be a positive integer, got {value!r}")
+        raise HyperparameterError(layer, key, "must be a positive integer", value)
     return int(value)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from layers.base import HyperparameterError
+
 
 def is_weight(name: str) -> bool:
     """True for a weight (``"conv1.W"`` or ``"W"``), the parameters that weight decay shrinks."""
@@ -48,7 +50,7 @@ class Optimizer:
         ok = np.isfinite(v) and (v > low if low_open else v >= low) and (high is None or v < high)
         if not ok:
             bounds = f"{'(' if low_open else '['}{low:g}, {'1)' if high is not None else 'inf)'}"
-            raise ValueError(f"{type(self).__name__}: {key} must be in {bounds}, got {value!r}")
+            raise HyperparameterError(type(self).__name__, key, f"must be in {bounds}", value)
         return v
 
     def config(self) -> dict[str, Any]:

@@ -9,26 +9,34 @@ sweepers can optimise it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
-from layers.optim import make_optimizer
+from layers.optim import Optimizer, make_optimizer
 from pipeline import evaluate, imagefolder, load, train
+from pipeline.checkpoint import CHECKPOINT
 from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
 from pipeline.sweep import current_parent, job_started_at
+from pipeline.tracking.names import command, override_key
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent, TrackingError
+from pipeline.tracking.watchdog import interrupt_on_sigterm
 
 log = logging.getLogger("pipeline")
 
@@ -55,6 +63,66 @@ def data_files(cfg: DictConfig) -> tuple[Path, Path]:
     return Path(d.train_path), Path(d.test_path)
 
 
+# The schedule's arguments as config keys, for its errors.
+SCHEDULE_KEYS = {"lr": "optimizer.lr", "decay_rate": "trainer.lr_decay_rate",
+                 "decay_every": "trainer.lr_decay_every", "epochs": "trainer.epochs",
+                 "warmup_epochs": "trainer.warmup_epochs"}
+
+
+class Checked(NamedTuple):
+    """What the checks before any work build: the model, the optimizer, the schedule."""
+
+    spec: ModelSpec
+    optimizer: Optimizer
+    schedule: Callable[[int], float]
+
+
+def checked(cfg: DictConfig) -> Checked:
+    """Every check that needs no data: the config's values (``schemas.validate``), the
+    layer stack on ``data.image_size``, the optimizer's and the schedule's values and the
+    resume checkpoint's path. Raises ValueError naming the config key."""
+    spec = validate(cfg)
+    d, o, t = cfg.data, cfg.optimizer, cfg.trainer
+    # The geometry too: a layer stack that does not fit the images fails here.
+    input_shape = (d.image_size, d.image_size, d.channels)
+    build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+    try:
+        optimizer = make_optimizer(o.name, **{k: v for k, v in o.items() if k != "name"})
+    except HyperparameterError as e:
+        raise ValueError(f"optimizer.{e.key} {e.requirement}, got {e.value!r}") from None
+    try:
+        schedule = train.make_schedule(
+            t.lr_schedule, o.lr, decay_rate=t.lr_decay_rate, decay_every=t.lr_decay_every,
+            epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+        )
+    except HyperparameterError as e:
+        raise ValueError(f"{SCHEDULE_KEYS[e.key]} {e.requirement}, got {e.value!r}") from None
+    if t.resume:
+        require_path("trainer.resume", t.resume, file=True, hint="a run's checkpoints/last.npz")
+    if d.name == "image_folder":
+        require_path("data.root", d.root, file=False, hint="DIR/<class name>/<image>")
+        if d.test_root:
+            require_path("data.test_root", d.test_root, file=False, hint="like data.root")
+    if d.name == "signs":
+        for key in ("train_path", "test_path"):
+            require_path(f"data.{key}", d[key], file=True, hint="an HDF5 file, SIGNS layout")
+    return Checked(spec, optimizer, schedule)
+
+
+def require_path(key: str, path: str | None, file: bool, hint: str) -> None:
+    """Raise ValueError naming ``key`` unless ``path`` is a file (``file``) or a folder."""
+    p = Path(path) if path else None
+    if p is not None and (p.is_file() if file else p.is_dir()):
+        return
+    if p is None:
+        problem = "is not set"
+    elif p.exists():
+        problem = f"{p} is a {'folder' if p.is_dir() else 'file'}"
+    else:
+        problem = f"{p} does not exist"
+    raise ValueError(f"{key}: {problem}; give {'a file' if file else 'a folder'} ({hint})")
+
+
 def run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
     parent: SweepParent | None = None, started_at: float | None = None,
@@ -62,24 +130,21 @@ def run(
     """Run every stage for a composed config, as one tracked run (unless
     ``tracking.enabled=false``) that started at ``started_at`` (default: now), a child of
     ``parent`` in a sweep; return the best validation accuracy. A config that cannot work
-    fails before any data is read, and is recorded as a FAILED run like any other error.
-    A single run registers its model as ``tracking.register_model`` when set; in a sweep,
-    the sweep registers its best child's model instead."""
+    fails before any data is read: a single run then makes no MLflow run, a sweep's job
+    is a FAILED child like any other error. A single run registers its model as
+    ``tracking.register_model`` when set; in a sweep, the sweep registers its best
+    child's model instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
     register_as = None if parent else cfg.tracking.register_model
+    plan = None if parent else checked(cfg)
     with tracked_run(cfg, out_dir, overrides, parent, started_at, register_as) as tracker:
-        spec = validate(cfg)
-        d = cfg.data
-        # The geometry too: a layer stack that does not fit the images fails here.
-        input_shape = (d.image_size, d.image_size, d.channels)
-        build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
-        return stages(cfg, spec, out_dir, tracker)
+        return stages(cfg, plan or checked(cfg), out_dir, tracker)
 
 
-def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) -> float:
+def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker) -> float:
     """load -> normalize -> train -> evaluate; returns the best validation accuracy."""
     dtype = np.dtype(cfg.dtype)
-    d = cfg.data
+    d, spec = cfg.data, plan.spec
     input_shape = (d.image_size, d.image_size, d.channels)
     t0 = time.perf_counter()
     train_path, test_path = data_files(cfg)
@@ -113,19 +178,13 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
 
     net = build_network(spec, input_shape, data.num_classes, seed=cfg.seed, dtype=dtype)
     log.info("model %s\n%s", spec.name, net.summary())
-    o, t = cfg.optimizer, cfg.trainer
-    opt_kwargs = {k: v for k, v in o.items() if k != "name"}
-    optimizer = make_optimizer(o.name, **opt_kwargs)
-    schedule = train.make_schedule(
-        t.lr_schedule, o.lr, decay_rate=t.lr_decay_rate, decay_every=t.lr_decay_every,
-        epochs=t.epochs, warmup_epochs=t.warmup_epochs,
-    )
+    t = cfg.trainer
     t0 = time.perf_counter()
     loss_fn = SoftmaxCrossEntropy()
     history = train.train(
-        net, optimizer, loss_fn, data.train, data.val,
+        net, plan.optimizer, loss_fn, data.train, data.val,
         epochs=t.epochs, batch_size=t.batch_size, seed=cfg.seed, out_dir=out_dir,
-        schedule=schedule, patience=t.patience,
+        schedule=plan.schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
         on_epoch_end=tracker.log_epoch,
     )
@@ -150,17 +209,48 @@ def stages(cfg: DictConfig, spec: ModelSpec, out_dir: Path, tracker: Tracker) ->
 register_configs()
 
 
+# Bad config or input, said in one line; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, TrackingError)
+
+
+def python_command() -> str:
+    """This interpreter as a fresh shell in the working directory can run it."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return sys.executable
+
+
+def interrupted_line(signal_name: str, out_dir: Path, overrides: Sequence[str]) -> str:
+    """What an interrupted run saved, and the exact command that continues it."""
+    checkpoint = out_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        return f"{signal_name}: stopped before the first epoch ended; nothing to resume"
+    kept = [o for o in overrides if override_key(o) != "trainer.resume"]
+    again = command(f"{python_command()} -m pipeline", [*kept, f"trainer.resume={checkpoint}"])
+    return f"{signal_name}: the last finished epoch is saved in {checkpoint}; resume: {again}"
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    out_dir, overrides = Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task
     parent = current_parent()
+    if parent is not None:  # a sweep's job: Hydra records its failure, the sweep goes on
+        return run(cfg, out_dir, overrides, parent, job_started_at())
+    interrupt_on_sigterm()
     try:
-        return run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task, parent,
-                   job_started_at())
-    except TrackingError as e:
-        if parent is not None:
-            raise  # a sweep's job: Hydra records it as failed and the sweep goes on
-        raise SystemExit(f"error: {e}") from None
+        return run(cfg, out_dir, overrides)
+    except KeyboardInterrupt as e:
+        sigterm = str(e) == f"signal {signal.SIGTERM}"
+        line = interrupted_line("SIGTERM" if sigterm else "Ctrl-C", out_dir, overrides)
+        print(line, file=sys.stderr)
+        raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: {message}") from None
 
 
 if __name__ == "__main__":

@@ -261,6 +261,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
         _check_keys(key, node, schema)
     _require(cfg.dtype in ("float32", "float64"), "dtype", "must be float32 or float64",
              cfg.dtype)
+    _require(cfg.seed >= 0, "seed", "must be an integer >= 0", cfg.seed)
     _require(d.name in ("digits", "signs", "image_folder"), "data.name",
              "must be digits, signs or image_folder", d.name)
     _require(d.image_size >= 1, "data.image_size", "must be >= 1", d.image_size)

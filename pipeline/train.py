@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layers.base import check_positive_int
+from layers.base import HyperparameterError, check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Optimizer
@@ -53,17 +53,16 @@ def make_schedule(
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
+    owner = f"schedule {name!r}"
     if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"schedule {name!r}: lr must be a finite number > 0, got {lr!r}")
+        raise HyperparameterError(owner, "lr", "must be a finite number > 0", lr)
     if not (math.isfinite(decay_rate) and decay_rate > 0):
-        raise ValueError(f"schedule {name!r}: decay_rate must be > 0, got {decay_rate!r}")
-    decay_every = check_positive_int(f"schedule {name!r}", "decay_every", decay_every)
-    epochs = check_positive_int(f"schedule {name!r}", "epochs", epochs)
+        raise HyperparameterError(owner, "decay_rate", "must be a finite number > 0", decay_rate)
+    decay_every = check_positive_int(owner, "decay_every", decay_every)
+    epochs = check_positive_int(owner, "epochs", epochs)
     if not (isinstance(warmup_epochs, int) and 0 <= warmup_epochs < epochs):
-        raise ValueError(
-            f"schedule {name!r}: warmup_epochs must be an integer in [0, epochs={epochs}), "
-            f"got {warmup_epochs!r}"
-        )
+        raise HyperparameterError(
+            owner, "warmup_epochs", f"must be an integer in [0, epochs={epochs})", warmup_epochs)
     span = epochs - warmup_epochs  # cosine: epochs after warm-up
 
     def schedule(epoch: int) -> float:

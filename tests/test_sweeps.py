@@ -167,6 +167,16 @@ def test_a_failing_job_fails_its_child_and_the_parent_keeping_the_others(tmp_pat
     assert list(table.status) == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
 
 
+def test_a_job_with_a_bad_config_is_a_failed_child(tmp_path):
+    proc = run_sweep(tmp_path, "model.conv1.stride=1,-1")
+    assert proc.returncode != 0
+    _, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "FAILED"
+    (bad,) = [c for c in children if c.info.status == "FAILED"]
+    assert "model.conv1.stride must be >= 1" in bad.data.tags["error"]
+    assert [c.info.status for c in children].count("FINISHED") == 1
+
+
 def test_an_optuna_search_puts_the_studys_best_params_on_the_parent(tmp_path):
     proc = run_sweep(tmp_path, "+hparams_search=optuna", "hydra.sweeper.n_trials=3")
     assert proc.returncode == 0, proc.stderr

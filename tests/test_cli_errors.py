@@ -1,0 +1,102 @@
+"""Bad input and interrupts through the real CLI: one line on stderr that names the key or
+the file, exit 1, no traceback and no MLflow run; Ctrl-C exits 130 and SIGTERM 143 with
+one line giving what was saved and the exact command that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import pipeline_env, wait_for
+
+QUICK = ("trainer.progress=false",)
+
+
+def cli(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
+            *overrides]
+    return subprocess.run(args, cwd=tmp_path, env=pipeline_env(**env), capture_output=True,
+                          text=True, timeout=300)
+
+
+BAD = [  # (overrides, what the one line must say)
+    (["optimizer=adam", "optimizer.beta1=1.5"], "optimizer.beta1 must be in [0, 1), got 1.5"),
+    (["optimizer=adam", "optimizer.eps=-1"], "optimizer.eps must be in (0, inf)"),
+    (["optimizer=momentum", "optimizer.beta=5"], "optimizer.beta must be in [0, 1)"),
+    (["optimizer.lr=inf"], "optimizer.lr must be in (0, inf), got inf"),
+    (["trainer.lr_schedule=step", "trainer.lr_decay_every=0"],
+     "trainer.lr_decay_every must be a positive integer, got 0"),
+    (["trainer.epochs=5", "trainer.warmup_epochs=5"],
+     "trainer.warmup_epochs must be an integer in [0, epochs=5), got 5"),
+    (["seed=-1"], "seed must be an integer >= 0, got -1"),
+    (["model.pool_mode=median"], "model.pool_mode must be one of"),
+    (["trainer.resume=nowhere/last.npz"], "trainer.resume: nowhere/last.npz does not exist"),
+    (["trainer.resume=."], "trainer.resume: . is a folder"),
+    (["data=image_folder", "data.root=no_such_folder"],
+     "data.root: no_such_folder does not exist"),
+    (["data=signs", "model=signs_cnn"], "data.train_path: data/train_signs.h5 does not exist"),
+]
+
+
+@pytest.mark.parametrize("overrides, says", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_bad_value_is_one_line_naming_it_before_any_work(tmp_path, overrides, says):
+    proc = cli(tmp_path, *overrides)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and says in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run, not even a store
+    assert not (tmp_path / "data").exists()  # no data read or written
+
+
+def test_the_full_traceback_stays_available(tmp_path):
+    proc = cli(tmp_path, "seed=-1", HYDRA_FULL_ERROR="1")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert "seed must be an integer >= 0" in proc.stderr
+
+
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
+    tmp_path, signum, code, name
+):
+    run_dir = tmp_path / "run"
+    # Batches of one: a few seconds an epoch, time to interrupt the second.
+    overrides = ["trainer.epochs=3", "trainer.batch_size=1", "tracking.enabled=false"]
+    args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
+            *overrides, f"hydra.run.dir={run_dir}"]
+    # A new session: Ctrl-C in a terminal signals the whole foreground process group.
+    proc = subprocess.Popen(args, cwd=tmp_path, env=pipeline_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "last.npz").exists(), 120, "no epoch")
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    checkpoint = run_dir / "checkpoints" / "last.npz"
+    assert err.startswith(f"{name}: the last finished epoch is saved in {checkpoint}; resume: ")
+
+    resume = shlex.split(err.split("resume: ", 1)[1])
+    assert resume[-1] == f"trainer.resume={checkpoint}"
+    resume[0] = sys.executable  # the printed interpreter, as this test's shell has it
+    resumed = subprocess.run([*resume, f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path,
+                             env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run([*args[:-1], f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path,
+                           env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text())
+               for d in ("resumed", "whole")]
+    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
+    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
