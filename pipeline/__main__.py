@@ -26,7 +26,7 @@ from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Optimizer, make_optimizer
 from pipeline import evaluate, imagefolder, load, train
-from pipeline.checkpoint import CHECKPOINT
+from pipeline.checkpoint import CHECKPOINT, read_checkpoint
 from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network
@@ -99,6 +99,7 @@ def checked(cfg: DictConfig) -> Checked:
         raise ValueError(f"{SCHEDULE_KEYS[e.key]} {e.requirement}, got {e.value!r}") from None
     if t.resume:
         require_path("trainer.resume", t.resume, file=True, hint="a run's checkpoints/last.npz")
+        read_checkpoint(Path(t.resume))
     if d.name == "image_folder":
         require_path("data.root", d.root, file=False, hint="DIR/<class name>/<image>")
         if d.test_root:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,31 @@ def save_checkpoint(
     arrays.update({f"optim/{k}": a for k, a in optimizer.state_dict().items()})
     arrays["state"] = np.array(json.dumps(state))
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the checkpoint at ``path``; a ValueError naming the path when it is
+    not a readable training checkpoint (truncated, random bytes, a weights-only file)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            found = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
+    if "state" not in found:
+        raise ValueError(
+            f"cannot resume from {path}: not a training checkpoint (no 'state' entry; "
+            "a file from Network.save holds weights only)"
+        )
+    return found
 
 
 def load_checkpoint(
@@ -106,17 +129,11 @@ def load_checkpoint(
         ``(history, best)``: the saved ``History.to_dict()`` and the best parameters cast to
         ``net.dtype`` (None if no epoch was validated).
     """
-    with np.load(path) as f:
-        found = {k: f[k] for k in f.files}
+    found = read_checkpoint(path)
     groups: dict[str, dict[str, np.ndarray]] = {"param": {}, "best": {}, "optim": {}}
     for key, a in found.items():
         group, _, name = key.partition("/")
         groups.get(group, {})[name] = a
-    if "state" not in found:
-        raise ValueError(
-            f"cannot resume from {path}: not a training checkpoint (no 'state' entry; "
-            "a file from Network.save holds weights only)"
-        )
     state = json.loads(str(found["state"]))
 
     params, saved = net.params, groups["param"]

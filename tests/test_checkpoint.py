@@ -13,7 +13,13 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.dense import Dense
 from layers.network import Network
 from layers.optim import SGD, Adam
-from pipeline.checkpoint import checkpoint_path, load_checkpoint, resume_config, save_checkpoint
+from pipeline.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    read_checkpoint,
+    resume_config,
+    save_checkpoint,
+)
 
 HISTORY = {"records": [], "best_epoch": None, "best_val_accuracy": None, "stopped_early": False}
 
@@ -93,3 +99,43 @@ def test_mismatches_are_refused_before_anything_changes(tmp_path: Path) -> None:
         load_checkpoint(path, no_dropout, Adam(0.01), rng, config)
     for k, p in other.params.items():
         np.testing.assert_array_equal(p, before[k], err_msg=k)  # nothing changed
+
+
+def saved(tmp_path: Path) -> tuple[Path, Network, Adam, dict]:
+    net, opt = dropout_net(), Adam(0.01)
+    config = resume_config(0, 16, 60, opt)
+    path = checkpoint_path(tmp_path / "run")
+    save_checkpoint(path, net, opt, np.random.default_rng(0), HISTORY, None, config)
+    return path, net, opt, config
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty", "pickled objects"])
+def test_a_damaged_checkpoint_is_refused_naming_its_path(tmp_path: Path, damage: str) -> None:
+    path, net, opt, config = saved(tmp_path)
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # an object array needs pickle, which a checkpoint never does
+        np.savez(path, state=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=f"cannot resume from {path}: not a readable checkpoint"):
+        read_checkpoint(path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path, net, opt, np.random.default_rng(0), config)
+
+
+def test_a_failed_save_leaves_the_last_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path, net, opt, config = saved(tmp_path)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, net, opt, np.random.default_rng(1), HISTORY, None, config)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.npz"]

@@ -55,6 +55,15 @@ def test_a_bad_value_is_one_line_naming_it_before_any_work(tmp_path, overrides, 
     assert not (tmp_path / "data").exists()  # no data read or written
 
 
+def test_a_damaged_checkpoint_to_resume_from_is_one_line_naming_it(tmp_path):
+    damaged = tmp_path / "last.npz"
+    damaged.write_bytes(b"PK\x03\x04 half a zip file")
+    proc = cli(tmp_path, f"trainer.resume={damaged}")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: cannot resume from {damaged}: not a readable checkpoint")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+
+
 def test_the_full_traceback_stays_available(tmp_path):
     proc = cli(tmp_path, "seed=-1", HYDRA_FULL_ERROR="1")
     assert proc.returncode == 1 and "Traceback" in proc.stderr

@@ -505,6 +505,29 @@ def test_a_bad_config_makes_no_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # not even a store
 
 
+def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, monkeypatch):
+    from pathlib import Path as PathType
+
+    write_text = PathType.write_text
+
+    def disk_full_for_errors(self, *args, **kwargs):
+        if self.name == "error.txt":
+            write_text(self, "")  # created, then the disk is full
+            raise OSError(28, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # data.image_size=16 passes the config checks, not the data: 8x8 digits.
+    cfg = make_cfg(f"tracking.uri={uri}", "data.image_size=16", *QUICK,
+                   f"data.cache_dir={tmp_path / 'data'}")
+    monkeypatch.setattr(PathType, "write_text", disk_full_for_errors)
+    with pytest.raises(ValueError, match="images are 8x8x1"):
+        entry.run(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "error.txt").exists()  # no empty file either
+    _, run = only_run(uri)
+    assert run.info.status == "FAILED" and "8x8x1" in run.data.tags["error"]
+
+
 def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_directory(
     tmp_path, monkeypatch
 ):

@@ -412,7 +412,10 @@ def tracked_run(
         raise
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
-        (out_dir / "error.txt").write_text(traceback.format_exc())
+        try:
+            (out_dir / "error.txt").write_text(traceback.format_exc())
+        except OSError:  # a full disk: no empty error.txt, and the run's own error is raised
+            (out_dir / "error.txt").unlink(missing_ok=True)
         raise
     finally:
         try:
