@@ -2,7 +2,7 @@
 before any data is read.
 
 Hydra checks types and unknown keys while composing (each config group option extends its
-schema, e.g. ``conf/optimizer/adam.yaml`` starts from ``adam_schema``). ``validate`` then
+schema, e.g. ``conf/optimizer/adam.yaml`` starts from ``schema/optimizer/adam``). ``validate`` then
 checks values (positive sizes, known modes, fractions in range) and the model: every key
 of ``model`` other than ``name`` and ``pool_mode`` is a layer, in order, whose kind is its
 name without the trailing number (``conv1`` -> conv, ``pool2`` -> pool). Every error is a
@@ -163,9 +163,10 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (called before ``hydra.main`` runs)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
-    cs.store(group="optimizer", name="momentum_schema", node=MomentumConfig)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    # In a group of their own, so that --help and optimizer=... offer only conf/optimizer/.
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+    cs.store(group="schema/optimizer", name="momentum", node=MomentumConfig)
+    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -109,3 +109,12 @@ def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
                for d in ("resumed", "whole")]
     assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
     assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+
+
+def test_help_names_the_command_and_only_real_options(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=tmp_path,
+                          env=pipeline_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("python -m pipeline: ") and "__main__" not in proc.stdout
+    assert "\noptimizer: adam, momentum, sgd\n" in proc.stdout
+    assert cli(tmp_path, "optimizer=adam_schema").returncode != 0  # not an option any more
