@@ -187,7 +187,7 @@ def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker) -> f
         epochs=t.epochs, batch_size=t.batch_size, seed=cfg.seed, out_dir=out_dir,
         schedule=plan.schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
-        on_epoch_end=tracker.log_epoch,
+        on_epoch_end=tracker.log_epoch, restore_best=t.restore_best,
     )
     net.save(str(out_dir / WEIGHTS_FILE))
     save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)

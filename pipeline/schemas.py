@@ -81,6 +81,7 @@ class TrainerConfig:
     lr_decay_every: int = 10
     warmup_epochs: int = 0
     patience: int = 0  # early stopping on validation accuracy; 0 = off
+    restore_best: bool = True  # end with the best validation epoch's weights, not the last's
     resume: str | None = None  # a checkpoint to continue from
     progress: bool = True
 

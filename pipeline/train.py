@@ -164,6 +164,7 @@ def train(
     resume: Path | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    restore_best: bool = True,
 ) -> History:
     """Train the built ``net`` for up to ``epochs`` epochs; return the history.
 
@@ -174,8 +175,9 @@ def train(
     (training=False), logs a one-line summary and saves ``out_dir/checkpoints/last.npz``.
 
     At the end the network holds the weights of the epoch with the best validation accuracy
-    (not necessarily the last epoch), whether or not the run stopped early. With an empty
-    ``val`` there is no validation: val metrics are None and the last weights are kept.
+    (not necessarily the last epoch), whether or not the run stopped early; with
+    ``restore_best=False``, the last epoch's. With an empty ``val`` there is no
+    validation: val metrics are None and the last weights are kept.
 
     patience: stop when the validation accuracy has not improved for this many epochs
     (0 = never stop early; > 0 needs a non-empty ``val``). resume: a ``last.npz`` of an
@@ -254,7 +256,7 @@ def train(
 
     if history.stopped_early:
         log.info("early stopping: no val accuracy gain in the last %d epochs", patience)
-    if best is not None:
+    if best is not None and restore_best:
         for k, p in net.params.items():
             p[...] = best[k]
         log.info("restored the weights of the best epoch, %d", history.best_epoch)

@@ -190,6 +190,16 @@ def test_best_weights_are_restored_without_early_stopping(tmp_path):
         np.testing.assert_array_equal(p, saved[h.best_epoch][k])
 
 
+def test_restore_best_false_keeps_the_last_epochs_weights(tmp_path):
+    net = dense_net()
+    saved, callback = snapshots(net)
+    h = run(net, tmp_path, epochs=4, val=make_split(30, 2, flip=True), on_epoch_end=callback,
+            restore_best=False)
+    assert h.best_epoch < 4
+    for k, p in net.params.items():
+        np.testing.assert_array_equal(p, saved[4][k])
+
+
 # -- divergence -----------------------------------------------------------------------------
 class PoisonAt(Layer):
     """Identity, except that the n-th (1-based) forward call in the given mode (training or
