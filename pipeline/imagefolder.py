@@ -1,10 +1,10 @@
 """Image folders ``ROOT/<class name>/<image>`` converted into SIGNS-layout HDF5 files.
 
-``image_folder_to_h5`` decodes every image (RGB, resized with LANCZOS), splits train from
-test (or takes a separate test folder) and writes the pair with ``load.write_split``, e.g.
-for ``../shared/data/sign-language-digits``, as a ``pipeline.cache`` pair: a new pair
-when the source images or the parameters change; ``load.load_dataset`` reads them like
-any other pair.
+``image_folder_to_h5`` decodes every image (8-bit RGB by ``to_rgb``, resized with
+LANCZOS), splits train from test (or takes a separate test folder) and writes the pair
+with ``load.write_split``, e.g. for ``../shared/data/sign-language-digits``, as a
+``pipeline.cache`` pair: a new pair when the source images or the parameters change;
+``load.load_dataset`` reads them like any other pair.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def _class_folders(root: Path) -> list[Path]:
         raise ValueError(
             f"{root}: no class folders (expected the layout ROOT/<class name>/<image>)"
         )
+    if len(folders) < 2:
+        raise ValueError(f"{root}: one class folder ({folders[0].name}); a classifier needs "
+                         f"at least two (ROOT/<class name>/<image>)")
     if all(re.fullmatch(r"-?\d+", p.name) for p in folders):
         return sorted(folders, key=lambda p: (int(p.name), p.name))
     return sorted(folders, key=lambda p: p.name)
@@ -83,11 +86,29 @@ def _fingerprint(roots: Sequence[Path], files: Sequence[Sequence[Sequence[Path]]
     return digest.hexdigest()
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: 16-bit (and 32-bit) grey scaled to 0..255 rather than
+    clipped (Pillow's own ``convert`` clips them, so a 16-bit photograph turns white);
+    transparency (RGBA, LA, palettes with a transparent colour) laid over white."""
+    if image.mode.startswith("I") or image.mode == "F":  # I;16, I;16B, I (32-bit), F
+        grey = np.asarray(image, dtype=np.float64)  # (H, W)
+        top = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
+        if image.mode == "F" and grey.max() <= 1.0:
+            top = 1.0
+        grey = np.rint(np.clip(grey / top, 0.0, 1.0) * 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def _decode(path: Path, image_size: int) -> np.ndarray:
-    """One image as (image_size, image_size, 3) uint8 RGB."""
+    """One image as (image_size, image_size, 3) uint8 RGB (``to_rgb``)."""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((image_size, image_size), RESAMPLE)
+            rgb = to_rgb(image).resize((image_size, image_size), RESAMPLE)
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err

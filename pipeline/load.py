@@ -36,7 +36,9 @@ from pipeline.dataset import Dataset, Split
 
 PathLike = str | os.PathLike[str]
 SPLITS = ("train", "test")
-FORMAT_VERSION = 1  # bump to force regeneration of converted files after a format change
+# Part of every cache key: bump it to rebuild converted files after a change in how they are
+# made (2: 16-bit and transparent images converted by imagefolder.to_rgb).
+FORMAT_VERSION = 2
 
 
 def _keys(split: str) -> tuple[str, str]:
@@ -338,6 +340,10 @@ def load_dataset(
             f"{files} disagree on the image shape (n_H, n_W, n_C): "
             f"{x_train.shape[1:]} vs {x_test.shape[1:]}"
         )
+    if len(np.unique(y_train)) < 2:
+        only = class_names[int(y_train[0])] if class_names else classes[y_train[0]]
+        raise ValueError(f"train file {Path(train_path).absolute()}: every image is of one "
+                         f"class ({only}); a classifier needs at least two")
     train, val = split_validation(x_train, y_train, val_fraction, seed)
     return Dataset(
         name=name,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imagefolder import image_folder_to_h5
+from pipeline.imagefolder import image_folder_to_h5, to_rgb
 from pipeline.load import read_split
 
 SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits"
@@ -142,3 +142,37 @@ def test_real_sign_language_digits(tmp_path: Path) -> None:
     assert abs(len(x_te) / 1752 - 0.15) < 0.005
     share = np.bincount(y_te, minlength=10) / (np.bincount(y_te) + np.bincount(y_tr))
     np.testing.assert_allclose(share, 0.15, atol=0.01)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))  # (16, 16), dark to light
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")  # Pillow's 16-bit grey
+        clipped = np.asarray(image.convert("RGB"))
+        rgb = np.asarray(to_rgb(image))
+    assert (clipped == 255).mean() > 0.9  # what Pillow's convert alone makes of it
+    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp / 65535 * 255))
+    assert abs(rgb.mean() - 127.5) < 1 and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_palette_grey_and_transparent_images_become_the_rgb_they_show(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    palette = Image.fromarray(rgb).quantize(16)
+    np.testing.assert_array_equal(np.asarray(to_rgb(palette)), np.asarray(palette.convert("RGB")))
+    grey = Image.fromarray(rgb[..., 0])
+    np.testing.assert_array_equal(np.asarray(to_rgb(grey)), np.repeat(rgb[..., :1], 3, axis=2))
+    rgba = np.dstack([rgb, np.full((8, 8), 255, np.uint8)])
+    rgba[:4, :, 3] = 0  # the top half transparent: it shows the white behind it
+    shown = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA")))
+    assert (shown[:4] == 255).all()
+    np.testing.assert_array_equal(shown[4:], rgb[4:])
+
+
+def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "src", classes=("only",), per_class=4)
+    with pytest.raises(ValueError, match=r"src: one class folder \(only\); a classifier needs"):
+        image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)

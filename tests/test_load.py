@@ -254,3 +254,14 @@ def test_load_dataset_files_disagree(tmp_path: Path) -> None:
     test_path = write_split(tmp_path / "te.h5", "test", x[:, :4], y, np.arange(3))
     with pytest.raises(ValueError, match=r"image shape .*\(5, 4, 3\) vs \(4, 4, 3\)"):
         load_dataset(name="t", train_path=train_path, test_path=test_path, val_fraction=0, seed=0)
+
+
+def test_a_training_file_of_one_class_is_refused(tmp_path: Path) -> None:
+    x, _ = small_split(8, 2)
+    y = np.zeros(8, dtype=np.int64)  # every image labelled with the first of two classes
+    train = write_split(tmp_path / "train.h5", "train", x, y, np.arange(2), ["yes", "no"])
+    test = write_split(tmp_path / "test.h5", "test", x, np.arange(8) % 2, np.arange(2),
+                       ["yes", "no"])
+    with pytest.raises(ValueError, match=rf"train file {train}: every image is of one class "
+                                         r"\(yes\); a classifier needs at least two"):
+        load_dataset(name="x", train_path=train, test_path=test, val_fraction=0.0, seed=0)
