@@ -79,8 +79,8 @@ class Checked(NamedTuple):
 
 def checked(cfg: DictConfig) -> Checked:
     """Every check that needs no data: the config's values (``schemas.validate``), the
-    layer stack on ``data.image_size``, the optimizer's and the schedule's values and the
-    resume checkpoint's path. Raises ValueError naming the config key."""
+    layer stack on ``data.image_size``, the optimizer's and the schedule's values, the
+    resume checkpoint and the data paths. Raises ValueError naming the config key."""
     spec = validate(cfg)
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
     # The geometry too: a layer stack that does not fit the images fails here.
