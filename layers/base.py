@@ -123,6 +123,11 @@ class Layer:
         """Create this layer's parameters (none by default)."""
         return {}
 
+    def param_count(self, input_shape: Shape) -> int:
+        """How many parameter values ``build(input_shape)`` would create, without creating
+        them (none by default)."""
+        return 0
+
     # -- running ------------------------------------------------------------------------
     def check_input(self, X: Any) -> np.ndarray:
         """Validate a batch ``X`` of shape ``(m, *input_shape)`` before forward.

@@ -133,6 +133,9 @@ class Conv2D(Layer):
                 raise self.error(f"output {axis} would be {n}", input_shape)
         return (n_H, n_W, self.filters)
 
+    def param_count(self, input_shape: Shape) -> int:
+        return (self.f * self.f * input_shape[2] + 1) * self.filters  # W (f, f, C, F), b (F,)
+
     def init_params(
         self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype
     ) -> dict[str, np.ndarray]:

@@ -32,6 +32,10 @@ class Dense(Layer):
             )
         return (self.units,)
 
+    def param_count(self, input_shape: Shape) -> int:
+        (n,) = input_shape
+        return (n + 1) * self.units  # W (n, units), b (units,)
+
     def init_params(
         self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype
     ) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ sweepers can optimise it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from typing import NamedTuple
 
 import hydra
 import numpy as np
+import psutil
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -29,7 +31,7 @@ from pipeline import evaluate, imagefolder, load, train
 from pipeline.checkpoint import CHECKPOINT, read_checkpoint
 from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
-from pipeline.model import build_network
+from pipeline.model import build_network, memory_needed
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
 from pipeline.sweep import current_parent, job_started_at
@@ -83,8 +85,16 @@ def checked(cfg: DictConfig) -> Checked:
     resume checkpoint and the data paths. Raises ValueError naming the config key."""
     spec = validate(cfg)
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
-    # The geometry too: a layer stack that does not fit the images fails here.
+    # The geometry and the memory too, before building allocates: a layer stack that does
+    # not fit the images fails here, and so does one that would not fit in memory.
     input_shape = (d.image_size, d.image_size, d.channels)
+    need = memory_needed(spec, input_shape, 2, t.batch_size, cfg.dtype)
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise ValueError(
+            f"data.image_size={d.image_size}: training {spec.name} would need at least "
+            f"{gib(need)} of memory (parameters and a batch of {t.batch_size}), {gib(free)} "
+            f"is free; lower data.image_size or trainer.batch_size")
     build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
     try:
         optimizer = make_optimizer(o.name, **{k: v for k, v in o.items() if k != "name"})
@@ -108,6 +118,13 @@ def checked(cfg: DictConfig) -> Checked:
         for key in ("train_path", "test_path"):
             require_path(f"data.{key}", d[key], file=True, hint="an HDF5 file, SIGNS layout")
     return Checked(spec, optimizer, schedule)
+
+
+def gib(n_bytes: float) -> str:
+    """``9.3 TiB``, ``512.0 MiB``: a size as people read it."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = min(int(math.log(max(n_bytes, 1.0), 1024)), len(units) - 1)
+    return f"{n_bytes / 1024 ** i:.1f} {units[i]}"
 
 
 def require_path(key: str, path: str | None, file: bool, hint: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,21 @@ def build_network(
     net = Network(model_layers(spec, num_classes))
     net.build(input_shape, seed=seed, dtype=dtype)
     return net
+
+
+def memory_needed(
+    spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
+    dtype: Any = np.float32,
+) -> int:
+    """Bytes that training ``spec`` would hold, estimated without allocating any: the
+    parameters four times (values, gradients, two optimizer moments) and one batch's
+    activations three times (outputs, what backward keeps, their gradients), plus one
+    batch of input. A lower bound: the data set itself comes on top. Raises the failing
+    layer's ValueError when the stack does not fit ``input_shape``."""
+    shape, params, activations = tuple(input_shape), 0, math.prod(input_shape)
+    for layer in model_layers(spec, num_classes):
+        layer.check_dims(shape)
+        params += layer.param_count(shape)
+        shape = layer.output_shape(shape)
+        activations += math.prod(shape)
+    return np.dtype(dtype).itemsize * (4 * params + 3 * batch_size * activations)

@@ -3,6 +3,7 @@ with a message that names the key (before any data is read)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
@@ -146,3 +147,17 @@ def test_photograph_experiments_compose_and_build_on_64x64(experiment, model, pa
 def test_augment_shift_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match=r"model\.augment_shift"):
         validate(make_cfg("model.augment_shift=-1"))
+
+
+@pytest.mark.parametrize("model, size", [("digits_cnn", 8), ("signs_cnn", 64), ("deep_cnn", 64)])
+def test_memory_needed_counts_the_parameters_that_building_creates(model, size):
+    from pipeline.model import build_network, memory_needed
+
+    cfg = make_cfg(f"model={model}", f"data.image_size={size}", "data.channels=3")
+    spec, shape = validate(cfg), (size, size, 3)
+    net = build_network(spec, shape, num_classes=10, seed=0)
+    activations = sum(int(np.prod(s)) for s in net.shapes) + int(np.prod(shape))
+    assert memory_needed(spec, shape, 10, batch_size=16) == 4 * (
+        4 * net.num_params() + 3 * 16 * activations)
+    assert memory_needed(spec, shape, 10, batch_size=16, dtype="float64") == 2 * memory_needed(
+        spec, shape, 10, batch_size=16)
