@@ -279,5 +279,20 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(f"error: {message}") from None
 
 
+def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
+    """A sweep (or a run still composing its config) stopped by Ctrl-C (130) or SIGTERM
+    (143), said in one line; a sweep's exit handler then ends its parent and running
+    children KILLED."""
+    sigterm = str(e) == f"signal {signal.SIGTERM}"
+    what = ("the sweep stopped; finished jobs keep their runs, the running job and the "
+            "parent run end KILLED") if {"-m", "--multirun"} & set(sys.argv[1:]) else (
+            "stopped before the run began; nothing was saved")
+    print(f"{'SIGTERM' if sigterm else 'Ctrl-C'}: {what}", file=sys.stderr)
+    return SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT))
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:  # a single run says so itself: this is a sweep's
+        raise sweep_interrupted(e) from None

@@ -233,10 +233,12 @@ def test_ctrl_c_ends_the_parent_and_the_running_children_killed(tmp_path, launch
             assert time.monotonic() < deadline and proc.poll() is None, "no epoch finished"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "Ctrl-C: the sweep stopped" in err
     client, parent, children = the_sweep(tmp_path)
     assert parent.info.status == "KILLED"
     assert children and all(c.info.status == "KILLED" for c in children)
