@@ -37,7 +37,7 @@ from pipeline.model import build_network, memory_needed
 from pipeline.normalize import Normalizer
 from pipeline.schemas import ModelSpec, register_configs, validate
 from pipeline.sweep import current_parent, job_started_at
-from pipeline.tracking.names import command, override_key
+from pipeline.tracking.names import command, override_key, shell_path
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent, TrackingError
 from pipeline.tracking.watchdog import interrupt_on_sigterm
@@ -239,21 +239,14 @@ register_configs()
 USER_ERRORS = (ValueError, OSError, TrackingError)
 
 
-def python_command() -> str:
-    """This interpreter as a fresh shell in the working directory can run it."""
-    try:
-        return str(Path(sys.executable).relative_to(Path.cwd()))
-    except ValueError:
-        return sys.executable
-
-
 def interrupted_line(signal_name: str, out_dir: Path, overrides: Sequence[str]) -> str:
     """What an interrupted run saved, and the exact command that continues it."""
     checkpoint = out_dir / CHECKPOINT
     if not checkpoint.is_file():
         return f"{signal_name}: stopped before the first epoch ended; nothing to resume"
     kept = [o for o in overrides if override_key(o) != "trainer.resume"]
-    again = command(f"{python_command()} -m pipeline", [*kept, f"trainer.resume={checkpoint}"])
+    python = shell_path(Path(sys.executable))
+    again = command(f"{python} -m pipeline", [*kept, f"trainer.resume={checkpoint}"])
     return f"{signal_name}: the last finished epoch is saved in {checkpoint}; resume: {again}"
 
 

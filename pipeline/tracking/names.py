@@ -117,6 +117,14 @@ def run_name(cfg: Any, overrides: Iterable[str], fallback: str = "") -> str:
     return " · ".join([" ".join(named), *parts] if named else parts)[:MAX_NAME]
 
 
+def shell_path(path: Path) -> str:
+    """``path`` as a shell in the working directory types it: relative when under it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def command(program: str, overrides: Iterable[str]) -> str:
     """``program`` and the overrides as a shell line that passes them on as typed (quoted
     where a shell would split or expand them)."""

@@ -266,11 +266,7 @@ def mlflow_command() -> str:
     working directory can run it: ``.venv/bin/mlflow`` for the README's set-up, else the
     absolute path, else bare ``mlflow``."""
     script = Path(sys.executable).parent / "mlflow"
-    if not script.is_file():
-        return "mlflow"
-    with contextlib.suppress(ValueError):
-        return str(script.relative_to(Path.cwd()))
-    return str(script)
+    return names.shell_path(script) if script.is_file() else "mlflow"
 
 
 def ui_command(uri: str) -> str | None:
