@@ -93,8 +93,8 @@ def checked(cfg: DictConfig) -> Checked:
     resume checkpoint and the data paths. Raises ValueError naming the config key."""
     spec = validate(cfg)
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
-    # The geometry and the memory too, before building allocates: a layer stack that does
-    # not fit the images fails here, and so does one that would not fit in memory.
+    # The geometry and the memory too, without building (which allocates): a layer stack
+    # that does not fit the images fails here, and so does one that would not fit in memory.
     input_shape = (d.image_size, d.image_size, d.channels)
     need = memory_needed(spec, input_shape, 2, t.batch_size, cfg.dtype)
     free = psutil.virtual_memory().available
@@ -103,7 +103,6 @@ def checked(cfg: DictConfig) -> Checked:
             f"data.image_size={d.image_size}: training {spec.name} would need at least "
             f"{gib(need)} of memory (parameters and a batch of {t.batch_size}), {gib(free)} "
             f"is free; lower data.image_size or trainer.batch_size")
-    build_network(spec, input_shape, num_classes=2, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
     try:
         optimizer = make_optimizer(o.name, **{k: v for k, v in o.items() if k != "name"})
     except HyperparameterError as e:
