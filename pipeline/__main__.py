@@ -16,15 +16,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import hydra
 import numpy as np
 import psutil
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
 
 from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
@@ -35,9 +37,11 @@ from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.model import build_network, memory_needed
 from pipeline.normalize import Normalizer
+from pipeline.resume import Resumed, resumed_run, run_record
 from pipeline.schemas import ModelSpec, register_configs, validate
+from pipeline.splits import check_split_plan
 from pipeline.sweep import current_parent, job_started_at
-from pipeline.tracking.names import command, override_key, shell_path
+from pipeline.tracking.names import command, shell_path
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent, TrackingError
 from pipeline.tracking.watchdog import interrupt_on_sigterm
@@ -88,9 +92,10 @@ class Checked(NamedTuple):
 
 
 def checked(cfg: DictConfig) -> Checked:
-    """Every check that needs no data: the config's values (``schemas.validate``), the
-    layer stack on ``data.image_size``, the optimizer's and the schedule's values, the
-    resume checkpoint and the data paths. Raises ValueError naming the config key."""
+    """Every check before the images are read: the config's values (``schemas.validate``),
+    the layer stack on ``data.image_size`` and the memory it needs, the optimizer's and the
+    schedule's values, the resume checkpoint, the data paths, and the splits the fractions
+    and the batch size give (from the labels). Raises ValueError naming the config key."""
     spec = validate(cfg)
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
     # The geometry and the memory too, without building (which allocates): a layer stack
@@ -124,6 +129,7 @@ def checked(cfg: DictConfig) -> Checked:
     if d.name == "signs":
         for key in ("train_path", "test_path"):
             require_path(f"data.{key}", d[key], file=True, hint="an HDF5 file, SIGNS layout")
+    check_split_plan(d, cfg.seed, t.batch_size)  # from the labels: every class in every split
     return Checked(spec, optimizer, schedule)
 
 
@@ -151,23 +157,39 @@ def require_path(key: str, path: str | None, file: bool, hint: str) -> None:
 def run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
     parent: SweepParent | None = None, started_at: float | None = None,
+    resumed: Resumed | None = None, choices: Mapping[str, Any] | None = None,
 ) -> float:
     """Run every stage for a composed config, as one tracked run (unless
     ``tracking.enabled=false``) that started at ``started_at`` (default: now), a child of
-    ``parent`` in a sweep; return the best validation accuracy. A config that cannot work
-    fails before any data is read: a single run then makes no MLflow run, a sweep's job
-    is a FAILED child like any other error. A single run registers its model as
-    ``tracking.register_model`` when set; in a sweep, the sweep registers its best
-    child's model instead."""
+    ``parent`` in a sweep, or the saved run that ``resumed`` continues (``cfg`` is then
+    ``resumed.config``); return the best validation accuracy. ``choices``: the config-group
+    options ``cfg`` was composed from (Hydra's ``runtime.choices``), kept in checkpoints.
+
+    A config that cannot work fails before any data is read: a single run then makes no
+    MLflow run, a sweep's job is a FAILED child like any other error. A single run
+    registers its model as ``tracking.register_model`` when set; in a sweep, the sweep
+    registers its best child's model instead."""
     out_dir.mkdir(parents=True, exist_ok=True)
     register_as = None if parent else cfg.tracking.register_model
     plan = None if parent else checked(cfg)
-    with tracked_run(cfg, out_dir, overrides, parent, started_at, register_as) as tracker:
-        return stages(cfg, plan or checked(cfg), out_dir, tracker)
+    if resumed is not None:
+        overrides = resumed.overrides  # the run's own, as first typed
+    with tracked_run(cfg, out_dir, overrides, parent, started_at, register_as,
+                     resumed) as tracker:
+        if parent is not None and cfg.trainer.resume:  # a FAILED child, like any bad job
+            raise ValueError("trainer.resume continues one run and cannot be part of a "
+                             "sweep; run it without -m")
+        plan = plan or checked(cfg)
+        mlflow_run = {"tracking_uri": tracker.uri, "run_id": str(tracker.run_id)}
+        record = run_record(cfg, resumed.choices if resumed else choices or {}, overrides,
+                            mlflow_run if tracker.enabled else None)
+        return stages(cfg, plan, out_dir, tracker, record)
 
 
-def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker) -> float:
-    """load -> normalize -> train -> evaluate; returns the best validation accuracy."""
+def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker,
+           record: dict[str, Any]) -> float:
+    """load -> normalize -> train -> evaluate; returns the best validation accuracy.
+    ``record``: the run, kept in every checkpoint (``resume.run_record``)."""
     dtype = np.dtype(cfg.dtype)
     d, spec = cfg.data, plan.spec
     input_shape = (d.image_size, d.image_size, d.channels)
@@ -211,7 +233,7 @@ def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker) -> f
         epochs=t.epochs, batch_size=t.batch_size, seed=cfg.seed, out_dir=out_dir,
         schedule=plan.schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
-        on_epoch_end=tracker.log_epoch, restore_best=t.restore_best,
+        on_epoch_end=tracker.log_epoch, restore_best=t.restore_best, run_record=record,
     )
     net.save(str(out_dir / WEIGHTS_FILE))
     save_model_card(out_dir, cfg.model, input_shape, cfg.dtype, data.classes, data.class_names)
@@ -238,37 +260,71 @@ register_configs()
 USER_ERRORS = (ValueError, OSError, TrackingError)
 
 
-def interrupted_line(signal_name: str, out_dir: Path, overrides: Sequence[str]) -> str:
-    """What an interrupted run saved, and the exact command that continues it."""
+class JobError(CompactHydraException):
+    """A sweep job's bad config or input: Hydra prints its line, not a traceback."""
+
+
+def error_line(e: BaseException) -> str:
+    """``error: <the first line of the message>``."""
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"error: {message}"
+
+
+def interrupted_line(signal_name: str, out_dir: Path) -> str:
+    """What an interrupted run saved, and the exact command that continues it (the
+    checkpoint carries the run's config: no other override is needed)."""
     checkpoint = out_dir / CHECKPOINT
     if not checkpoint.is_file():
         return f"{signal_name}: stopped before the first epoch ended; nothing to resume"
-    kept = [o for o in overrides if override_key(o) != "trainer.resume"]
     python = shell_path(Path(sys.executable))
-    again = command(f"{python} -m pipeline", [*kept, f"trainer.resume={checkpoint}"])
+    again = command(f"{python} -m pipeline", [f"trainer.resume={checkpoint}"])
     return f"{signal_name}: the last finished epoch is saved in {checkpoint}; resume: {again}"
+
+
+def continued(cfg: DictConfig, out_dir: Path, overrides: Sequence[str],
+              choices: Mapping[str, Any]) -> Resumed | None:
+    """The run ``trainer.resume`` continues (None: not a resume, or a checkpoint from before
+    checkpoints carried their run). Its config replaces the command line's, also in the
+    run directory's ``.hydra/config.yaml``, so the files say what the run is."""
+    if not cfg.trainer.resume:
+        return None
+    require_path("trainer.resume", cfg.trainer.resume, file=True,
+                 hint="a run's checkpoints/last.npz")
+    resumed = resumed_run(cfg, choices, overrides, compose(config_name="config"))
+    saved_config = out_dir / ".hydra" / "config.yaml"
+    if resumed is not None and saved_config.is_file():
+        OmegaConf.save(resumed.config, saved_config)
+    return resumed
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    started_at = time.time()  # the run's start in MLflow: its checks are part of the job
     hydra_cfg = HydraConfig.get()
     out_dir, overrides = Path(hydra_cfg.runtime.output_dir), hydra_cfg.overrides.task
+    choices = hydra_cfg.runtime.choices
     parent = current_parent()
     if parent is not None:  # a sweep's job: Hydra records its failure, the sweep goes on
-        return run(cfg, out_dir, overrides, parent, job_started_at())
+        try:
+            return run(cfg, out_dir, overrides, parent, job_started_at(), choices=choices)
+        except USER_ERRORS as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise JobError(error_line(e)) from None
     interrupt_on_sigterm()
     try:
-        return run(cfg, out_dir, overrides)
+        resumed = continued(cfg, out_dir, overrides, choices)
+        return run(resumed.config if resumed else cfg, out_dir, overrides,
+                   started_at=started_at, resumed=resumed, choices=choices)
     except KeyboardInterrupt as e:
         sigterm = str(e) == f"signal {signal.SIGTERM}"
-        line = interrupted_line("SIGTERM" if sigterm else "Ctrl-C", out_dir, overrides)
+        line = interrupted_line("SIGTERM" if sigterm else "Ctrl-C", out_dir)
         print(line, file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
     except USER_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"error: {message}") from None
+        raise SystemExit(error_line(e)) from None
 
 
 def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:

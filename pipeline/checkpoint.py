@@ -4,8 +4,10 @@ read back to resume a run exactly where it stopped.
 last.npz holds arrays ``param/<name>`` (the current weights), ``best/<name>`` (the weights of
 the best epoch, if any), ``optim/<key>`` (``optimizer.state_dict()``) and ``state``, a JSON
 string with the history (``History.to_dict()``), the generator states (shuffling and every
-layer's ``rng``) and the run config (``resume_config``) that a resumed run must match. The
-history travels as a plain dict, so this module does not depend on ``pipeline.train``.
+layer's ``rng``), the settings (``resume_config``) that a resumed run must match and the
+run it belongs to (``run``: the composed config, the overrides as typed and the MLflow run,
+which ``pipeline.resume`` continues). The history travels as a plain dict, so this module
+does not depend on ``pipeline.train``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def save_checkpoint(
     history: dict[str, Any],
     best: dict[str, np.ndarray] | None,
     config: dict[str, Any],
+    run: dict[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint atomically: to ``<path>.tmp``, then ``os.replace``.
 
@@ -72,9 +75,11 @@ def save_checkpoint(
         history: ``History.to_dict()`` of the epochs done so far.
         best: copies of the parameters of the best epoch so far, or None.
         config: ``resume_config(...)``, what a resumed run must match.
+        run: the run this checkpoint belongs to, JSON-serialisable (``pipeline.resume``).
     """
     state = {
         "config": config,
+        "run": run,
         "history": history,
         "shuffle_rng": rng.bit_generator.state,
         "layer_rngs": {k: g.bit_generator.state for k, g in _layer_rngs(net).items()},
@@ -111,6 +116,22 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     return found
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``state`` (history, settings, ``run``; no arrays); a ValueError
+    naming the path when it is not a readable training checkpoint."""
+    return _state(read_checkpoint(path), path)
+
+
+def _state(found: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(str(found["state"]))
+    except json.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict) or not {"config", "history"} <= set(state):
+        raise ValueError(f"cannot resume from {path}: its 'state' entry is damaged")
+    return state
+
+
 def load_checkpoint(
     path: Path,
     net: Network,
@@ -134,8 +155,7 @@ def load_checkpoint(
     for key, a in found.items():
         group, _, name = key.partition("/")
         groups.get(group, {})[name] = a
-    state = json.loads(str(found["state"]))
-
+    state = _state(found, path)
     params, saved = net.params, groups["param"]
     check_same_arrays(params, saved, path)
     changed = {k: (v, config[k]) for k, v in state["config"].items() if config.get(k) != v}

@@ -70,7 +70,8 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _scan(root: Path) -> tuple[list[str], list[list[Path]]]:
+def scan(root: Path) -> tuple[list[str], list[list[Path]]]:
+    """The class names (folder names, in class order) and each class's image files."""
     folders = _class_folders(root)
     return [p.name for p in folders], [_image_files(p) for p in folders]
 
@@ -164,10 +165,10 @@ def image_folder_to_h5(
     if test_dir is None:
         test_fraction = check_fraction("test_fraction", test_fraction)
 
-    names, files = _scan(root)
+    names, files = scan(root)
     roots, all_files = [root], [files]
     if test_dir is not None:
-        test_names, test_files = _scan(test_dir)
+        test_names, test_files = scan(test_dir)
         if test_names != names:
             raise ValueError(
                 f"class folders of test_root {test_dir} differ from those of root {root}: "

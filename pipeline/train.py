@@ -165,6 +165,7 @@ def train(
     progress: bool = True,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     restore_best: bool = True,
+    run_record: dict[str, Any] | None = None,
 ) -> History:
     """Train the built ``net`` for up to ``epochs`` epochs; return the history.
 
@@ -184,7 +185,8 @@ def train(
     earlier run with the same network, optimizer, seed, batch size and training set; the
     run continues from it and ends with the same weights and history (except the timings)
     as a run that was never interrupted. on_epoch_end: called with each new record after
-    its checkpoint is written. A non-finite loss raises FloatingPointError naming the epoch
+    its checkpoint is written. run_record: saved in every checkpoint as the run it belongs
+    to (``pipeline.resume``). A non-finite loss raises FloatingPointError naming the epoch
     and batch.
     """
     epochs = check_positive_int("train", "epochs", epochs)
@@ -206,7 +208,12 @@ def train(
     if resume is not None:
         saved, best = load_checkpoint(Path(resume), net, optimizer, rng, config)
         history = History.from_dict(saved)
-        log.info("resumed from %s after epoch %d", resume, len(history.records))
+        done = len(history.records)
+        log.info("resumed from %s after epoch %d", resume, done)
+        # Early stopping as this run's patience and epochs decide (a resume may change them).
+        history.stopped_early = bool(
+            patience and history.best_epoch and done - history.best_epoch >= patience
+            and done < epochs)
         for r in history.records:  # a new schedule is allowed, but it is not the same run
             if schedule(r.epoch - 1) != r.lr:
                 log.warning(
@@ -250,7 +257,7 @@ def train(
         if patience and epoch - history.best_epoch >= patience and epoch < epochs:
             history.stopped_early = True
         log.info(_summary(record, epochs))
-        save_checkpoint(ckpt, net, optimizer, rng, history.to_dict(), best, config)
+        save_checkpoint(ckpt, net, optimizer, rng, history.to_dict(), best, config, run_record)
         if on_epoch_end is not None:
             on_epoch_end(record)
 

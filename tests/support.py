@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: the environment for running the CLI in a subprocess, and a
-real ``mlflow server`` on 127.0.0.1 that a test can stop and start again on the same port."""
+"""Helpers shared by the tests: a composed config, the environment for running the CLI in a
+subprocess, and a real ``mlflow server`` on 127.0.0.1 that a test can stop and start again
+on the same port."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from pipeline.schemas import register_configs
+
 ROOT = Path(__file__).resolve().parents[1]
+register_configs()
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The config ``python -m pipeline`` composes with these overrides."""
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        return compose("config", overrides=list(overrides))
 
 
 def pipeline_env(**extra: str) -> dict[str, str]:

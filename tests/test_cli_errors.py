@@ -12,16 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 
+from pipeline.load import write_split
 from tests.support import pipeline_env, wait_for
 
 QUICK = ("trainer.progress=false",)
 
 
 def cli(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
-            *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m (multirun) goes first
+    args = [sys.executable, "-m", "pipeline", *flags, *QUICK,
+            f"data.cache_dir={tmp_path / 'data'}", *(o for o in overrides if o not in flags)]
     return subprocess.run(args, cwd=tmp_path, env=pipeline_env(**env), capture_output=True,
                           text=True, timeout=300)
 
@@ -45,6 +49,17 @@ BAD = [  # (overrides, what the one line must say)
     (["model=signs_cnn"], "Pool2D 'pool2'"),  # 8x8 digits pooled to nothing
     (["data.image_size=100000"],  # refused from an estimate, before allocating 80 TiB
      "data.image_size=100000: training digits_cnn would need at least "),
+    # The splits, worked out from the labels: every class keeps an image in every split.
+    (["data.test_fraction=0.99"], "data.test_fraction=0.99 leaves too few to train on: class"),
+    (["data.test_fraction=0.001"],
+     "data.test_fraction=0.001: every class needs an image in training and in test, and 2 "
+     "of 1797 images held out cannot cover 10 classes"),
+    (["data.val_fraction=0.999"], "data.val_fraction=0.999: every class needs an image in "
+     "training and in validation"),
+    (["trainer.batch_size=100000"],
+     "trainer.batch_size=100000 is more than the 1374 training images; give at most 1374"),
+    (["data=signs", "model=signs_cnn", "data.train_path=.", "data.test_path=."],
+     "data.train_path: . is a folder; give a file"),
 ]
 
 
@@ -67,6 +82,31 @@ def test_a_damaged_checkpoint_to_resume_from_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+def test_a_damaged_hdf5_file_is_one_line_naming_it(tmp_path, damage):
+    good = tmp_path / "good.h5"
+    x = np.zeros((4, 64, 64, 3), np.uint8)
+    write_split(good, "train", x, np.array([0, 1, 0, 1]), np.array([0, 1]))
+    bad = tmp_path / "train.h5"
+    data = good.read_bytes()
+    bad.write_bytes(os.urandom(4096) if damage == "random bytes" else data[: len(data) // 2])
+    proc = cli(tmp_path, "data=signs", "model=signs_cnn", f"data.train_path={bad}",
+               f"data.test_path={good}")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {bad}: not a readable HDF5 file"), proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_resume_in_a_sweep_is_a_failed_job(tmp_path):
+    first = cli(tmp_path, "trainer.epochs=1", "tracking.enabled=false",
+                f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr
+    swept = cli(tmp_path, "-m", f"trainer.resume={tmp_path / 'first/checkpoints/last.npz'}",
+                "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert swept.returncode != 0
+    assert "trainer.resume continues one run and cannot be part of a sweep" in swept.stderr
+
+
 def test_the_full_traceback_stays_available(tmp_path):
     proc = cli(tmp_path, "seed=-1", HYDRA_FULL_ERROR="1")
     assert proc.returncode == 1 and "Traceback" in proc.stderr
@@ -81,7 +121,7 @@ def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
 ):
     run_dir = tmp_path / "run"
     # Batches of one: a few seconds an epoch, time to interrupt the second.
-    overrides = ["trainer.epochs=3", "trainer.batch_size=1", "tracking.enabled=false"]
+    overrides = ["trainer.epochs=3", "trainer.batch_size=1"]
     args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
             *overrides, f"hydra.run.dir={run_dir}"]
     # A new session: Ctrl-C in a terminal signals the whole foreground process group.
@@ -100,18 +140,28 @@ def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
     assert err.startswith(f"{name}: the last finished epoch is saved in {checkpoint}; resume: ")
 
     resume = shlex.split(err.split("resume: ", 1)[1])
-    assert resume[-1] == f"trainer.resume={checkpoint}"
+    assert resume[1:] == ["-m", "pipeline", f"trainer.resume={checkpoint}"]  # nothing else
     resume[0] = sys.executable  # the printed interpreter, as this test's shell has it
     resumed = subprocess.run([*resume, f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path,
                              env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    whole = subprocess.run([*args[:-1], f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path,
+    whole = subprocess.run([*args[:-1], "tracking.enabled=false",
+                            f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path,
                            env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text())
                for d in ("resumed", "whole")]
-    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
-    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+    assert metrics[0] == metrics[1]
+
+    # One MLflow run: stopped KILLED, continued by the resume, FINISHED with every epoch.
+    info = [json.loads((d / "mlflow_run.json").read_text())
+            for d in (run_dir, tmp_path / "resumed")]
+    assert info[0]["run_id"] == info[1]["run_id"] and info[1]["status"] == "FINISHED"
+    client = MlflowClient(info[0]["tracking_uri"])
+    [run] = client.search_runs([info[0]["experiment_id"]])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/train")) == [
+        1, 2, 3]
 
 
 def test_help_names_the_command_and_only_real_options(tmp_path):

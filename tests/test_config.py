@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from pipeline.model import build_network, model_layers
-from pipeline.schemas import register_configs, validate
-
-register_configs()
-
-
-def make_cfg(*overrides: str):
-    with initialize_config_module(version_base="1.3", config_module="conf"):
-        return compose("config", overrides=list(overrides))
+from pipeline.schemas import validate
+from tests.support import make_cfg
 
 
 def test_default_config_composes_and_validates():

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: pip install -e .")
-from hydra import compose, initialize_config_module  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import __main__ as entry  # noqa: E402
-from pipeline.schemas import register_configs  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
 from pipeline.tracking.names import flatten, git_commit  # noqa: E402
 from pipeline.tracking.run import RUN_INFO_FILE  # noqa: E402
@@ -30,15 +28,9 @@ from pipeline.tracking.store import (  # noqa: E402
     resolve_uri,
     sqlite_path,
 )
-from tests.support import pipeline_env, wait_for  # noqa: E402
+from tests.support import make_cfg, pipeline_env, wait_for  # noqa: E402
 
-register_configs()
 QUICK = ("trainer.progress=false",)
-
-
-def make_cfg(*overrides: str):
-    with initialize_config_module(version_base="1.3", config_module="conf"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture(autouse=True)

@@ -44,6 +44,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -72,6 +73,8 @@ from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+    from pipeline.resume import Resumed
 
 log = logging.getLogger("pipeline")
 
@@ -118,6 +121,14 @@ def _run_place(
     return client, parent.experiment_id, name
 
 
+def _mlflow_settings() -> None:
+    """MLflow's own settings, unless the user set them: epoch metrics are sent in batches of
+    what 5 s gathered (by default MLflow sends each call's metrics on its own), and no
+    progress bars for copying artifacts."""
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 class Tracker:
     """The stages' side of one MLflow run. A disabled tracker (``Tracker()``) accepts every
     call and does nothing, so the stages never branch on tracking."""
@@ -148,11 +159,7 @@ class Tracker:
               register_as: str | None = None) -> Tracker:
         """Open the store and start the run at ``started_at`` (``time.time()``), with its
         tags and params; TrackingError (one line naming the store) if it cannot."""
-        # MLflow's own settings, unless the user set them: epoch metrics are sent in batches
-        # of what 5 s gathered (by default MLflow sends each call's metrics on its own), and
-        # no progress bars for copying artifacts.
-        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        _mlflow_settings()
         client, experiment_id, name = _run_place(cfg, overrides, parent, out_dir)
         tags = {"dataset": names.dataset_label(cfg.data), "overrides": " ".join(overrides),
                 "output_dir": str(out_dir.resolve()), **names.source_tags(),
@@ -160,25 +167,73 @@ class Tracker:
         if parent is not None:
             tags[PARENT_TAG] = parent.run_id
         run_id, watchdog = _create_run(client, experiment_id, name, tags, started_at, out_dir)
-        uri = client.tracking_uri
         info = {"run_id": run_id, "run_name": name, "experiment_id": experiment_id,
-                "experiment_name": "", "tracking_uri": uri, "dataset": tags["dataset"],
-                "ui_url": ui_url(uri, experiment_id, run_id), "status": "RUNNING",
-                "run_model_uri": f"runs:/{run_id}/{cfg.model.get('name', 'model')}"}
-        tracker = cls(run_id, info, out_dir, watchdog, register_as)
+                "dataset": tags["dataset"]}
+        tracker = cls._info(cfg, client.tracking_uri, info, out_dir, watchdog, register_as)
+        return tracker._begin(lambda: tracker._activate(client, cfg))
+
+    @classmethod
+    def resume(cls, cfg: DictConfig, out_dir: Path, resumed: Resumed,
+               register_as: str | None = None) -> Tracker:
+        """Continue the MLflow run of a resumed checkpoint: the same run, RUNNING again,
+        with any epochs it lacks logged from the checkpoint; TrackingError (one line) if
+        the store does not have it, or it is still running."""
+        assert resumed.mlflow is not None
+        _mlflow_settings()
+        uri, run_id = resumed.mlflow["tracking_uri"], resumed.mlflow["run_id"]
+        client = open_store(uri)
         try:
-            tracker._activate(client, cfg)
-        except BaseException as e:  # Ctrl-C too: the run is not left behind RUNNING
+            with quiet_mlflow():
+                run = client.get_run(run_id)
+                logged = {m.step for m in client.get_metric_history(
+                    run_id, names.EPOCH_METRICS["train_loss"])}
+        except Exception as e:
+            raise TrackingError(f"MLflow store {uri}: cannot continue run {run_id} of "
+                                f"{resumed.checkpoint}: {one_line(e)}") from None
+        if run.info.lifecycle_stage != "active" or run.info.status == "RUNNING":
+            state = "deleted" if run.info.lifecycle_stage != "active" else "still RUNNING"
+            raise TrackingError(
+                f"MLflow store {uri}: run {run_id} of {resumed.checkpoint} is {state}; a "
+                "resume continues a run that has ended (KILLED, FAILED or FINISHED)")
+        if max(logged, default=0) > resumed.epochs_done:  # resumed before, from here
+            later = Path(run.data.tags.get("output_dir", "?")) / "checkpoints" / "last.npz"
+            raise ValueError(
+                f"trainer.resume={resumed.checkpoint}: its MLflow run {run_id} went on to "
+                f"epoch {max(logged)} after this checkpoint's {resumed.epochs_done}; resume "
+                f"from its latest checkpoint, {later}")
+        watchdog = Watchdog.start(uri, run_id, out_dir)
+        info = {"run_id": run_id, "run_name": run.info.run_name,
+                "experiment_id": run.info.experiment_id,
+                "dataset": run.data.tags.get("dataset", names.dataset_label(cfg.data))}
+        tracker = cls._info(cfg, uri, info, out_dir, watchdog, register_as)
+        return tracker._begin(lambda: tracker._continue(client, cfg, run, resumed, logged))
+
+    @classmethod
+    def _info(cls, cfg: DictConfig, uri: str, info: dict[str, Any], out_dir: Path,
+              watchdog: Watchdog, register_as: str | None) -> Tracker:
+        """The tracker of a created (or continued) run, with the rest of its info."""
+        run_id, experiment_id = info["run_id"], info["experiment_id"]
+        info |= {"experiment_name": "", "tracking_uri": uri, "status": "RUNNING",
+                 "ui_url": ui_url(uri, experiment_id, run_id),
+                 "run_model_uri": f"runs:/{run_id}/{cfg.model.get('name', 'model')}"}
+        return cls(run_id, info, out_dir, watchdog, register_as)
+
+    def _begin(self, activate: Callable[[], None]) -> Tracker:
+        """Make the run MLflow's active run (``activate``) and say where it is; a failure,
+        or Ctrl-C, ends it at once rather than leaving it RUNNING."""
+        try:
+            activate()
+        except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
-            tracker.end_at_once("KILLED" if interrupted else "FAILED",
-                                f"the run could not start: {one_line(e)}")
+            self.end_at_once("KILLED" if interrupted else "FAILED",
+                             f"the run could not start: {one_line(e)}")
             if isinstance(e, store_errors()):
                 raise TrackingError(
-                    f"MLflow store {uri}: cannot start a run: {one_line(e)}") from None
+                    f"MLflow store {self.uri}: cannot start a run: {one_line(e)}") from None
             raise
-        for line in tracker.where():
+        for line in self.where():
             log.info(line)
-        return tracker
+        return self
 
     def _activate(self, client: MlflowClient, cfg: DictConfig) -> None:
         """Make the created run MLflow's active run, with the config as its params."""
@@ -191,6 +246,38 @@ class Tracker:
                              log_system_metrics=cfg.tracking.system_metrics or None)
             self.params = names.flatten(OmegaConf.to_container(cfg, resolve=True))
             mlflow.log_params(self.params)
+            experiment = client.get_experiment(self.info["experiment_id"])
+        self.info["experiment_name"] = experiment.name
+        self.write_info()
+
+    def _continue(self, client: MlflowClient, cfg: DictConfig, run: Any,
+                  resumed: Resumed, logged: set[int]) -> None:
+        """Make the saved run the active run again: its params stay (MLflow does not change
+        a param; what the resume changed is in its ``resumed`` tag, name and description),
+        the epochs it lacks of ``resumed.records`` (``logged``: the epochs it has; a run
+        killed before its last metrics were sent lacks some) are logged."""
+        import mlflow
+
+        with quiet_mlflow():
+            mlflow.set_tracking_uri(client.tracking_uri)
+            mlflow.start_run(run_id=self.run_id,
+                             log_system_metrics=cfg.tracking.system_metrics or None)
+            self.params = names.flatten(OmegaConf.to_container(cfg, resolve=True))
+            new = {k: v for k, v in self.params.items() if k not in run.data.params}
+            if new:
+                mlflow.log_params(new)
+            note = (f"Resumed {resumed.describe()}; output directory "
+                    f"`{self.out_dir.resolve()}`. The params are those the run started with.")
+            description = "\n\n".join(filter(None, [run.data.tags.get(DESCRIPTION_TAG), note]))
+            mlflow.set_tags({"resumed": resumed.describe()[:MAX_TAG_LENGTH],
+                             "output_dir": str(self.out_dir.resolve()),
+                             DESCRIPTION_TAG: description[:MAX_TAG_LENGTH]})
+            if resumed.changes:  # the name shows the overrides: the changed ones too
+                self.info["run_name"] = names.run_name(cfg, resumed.overrides)
+                client.update_run(self.run_id, name=self.info["run_name"])
+            for record in resumed.records:
+                if record["epoch"] not in logged:
+                    self.log_epoch(SimpleNamespace(**record))
             experiment = client.get_experiment(self.info["experiment_id"])
         self.info["experiment_name"] = experiment.name
         self.write_info()
@@ -390,12 +477,13 @@ def _as_mlflow_datasets(splits: dict[str, tuple[Split, Path]], label: str) -> di
 def tracked_run(
     cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = (),
     parent: SweepParent | None = None, started_at: float | None = None,
-    register_as: str | None = None,
+    register_as: str | None = None, resumed: Resumed | None = None,
 ) -> Iterator[Tracker]:
     """The MLflow run of one job (a disabled tracker with ``tracking.enabled=false``),
     started at ``started_at`` (``time.time()``; default now), a child of ``parent`` in a
-    sweep, ended FINISHED, FAILED (error recorded) or KILLED. ``register_as``: the Model
-    Registry name to register the model under."""
+    sweep, or the saved run that ``resumed`` continues; ended FINISHED, FAILED (error
+    recorded) or KILLED. ``register_as``: the Model Registry name to register the model
+    under."""
     if not cfg.tracking.enabled:
         yield Tracker()
         return
@@ -403,8 +491,11 @@ def tracked_run(
     status, error = "FAILED", None
     tracker = None
     try:
-        tracker = Tracker.start(cfg, out_dir, overrides, parent, started_at or time.time(),
-                                register_as)
+        if resumed is not None and resumed.mlflow is not None:
+            tracker = Tracker.resume(cfg, out_dir, resumed, register_as)
+        else:
+            tracker = Tracker.start(cfg, out_dir, overrides, parent,
+                                    started_at or time.time(), register_as)
         yield tracker
         status = "FINISHED"
     except KeyboardInterrupt:

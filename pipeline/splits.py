@@ -1,0 +1,105 @@
+"""The split plan: how many images of each class the train, validation and test splits get,
+worked out from the labels alone before a run starts, so a fraction or a batch size that
+cannot work is refused naming its key instead of failing (or training on nothing) later.
+
+The splits are the ones the run will make, from the same labels in the same order with the
+same seed and ``load.stratified_split``: the digits' labels from scikit-learn's copy, an
+image folder's from its class folders' file lists (no image is decoded), a SIGNS file's
+from the file itself (which checks it, too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from pipeline import imagefolder
+from pipeline.load import read_split, stratified_split
+
+
+class Labels(NamedTuple):
+    """What the split plan needs of a data set: labels, no images."""
+
+    source: np.ndarray  # (m,) class indices of the images the run splits
+    test: np.ndarray | None  # (m_test,) those of its own test set; None: the run splits one
+    class_names: list[str]
+
+
+def source_labels(d: Any) -> Labels:
+    """The labels of the data set that ``d`` (the ``data`` config) names."""
+    if d.name == "digits":
+        from sklearn.datasets import load_digits  # its 8x8 copy: read in a few ms
+
+        return Labels(load_digits().target.astype(np.int64), None, [str(c) for c in range(10)])
+    if d.name == "image_folder":
+        names, per_class = imagefolder.scan(Path(d.root))
+        labels = np.repeat(np.arange(len(per_class)), [len(c) for c in per_class])
+        if not d.test_root:
+            return Labels(labels, None, names)
+        test_per_class = imagefolder.scan(Path(d.test_root))[1]
+        test = np.repeat(np.arange(len(test_per_class)), [len(c) for c in test_per_class])
+        return Labels(labels, test, names)
+    _, y, _, names = read_split(d.train_path, "train")
+    return Labels(y, read_split(d.test_path, "test")[1], names)
+
+
+def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray]:
+    """The images per class (K,) of each split, ``{"train", "val", "test"}``; ValueError
+    naming the key when a class would have no image in a split, or ``batch_size`` exceeds
+    the training images. ``d``: the ``data`` config."""
+    labels, test, names = source_labels(d)
+    k = len(names)
+    if test is None:
+        kept, held = split_or_say(labels, names, d.test_fraction, seed, "data.test_fraction",
+                                  "test")
+        labels, test = labels[kept], labels[held]
+    val = labels[:0]
+    if d.val_fraction > 0:
+        per_class = np.bincount(labels, minlength=k)
+        if per_class.min() < 2:
+            c = int(np.argmin(per_class))
+            has = f"class {names[c]} has {per_class[c]} training image(s)"
+            needs = (f"data.val_fraction={d.val_fraction} needs two of each class, one to "
+                     "train on and one to validate")
+            raise ValueError(
+                f"data.test_fraction={d.test_fraction} leaves too few to train on: {has}, and "
+                f"{needs}" if d.name != "signs" and not d.get("test_root") else
+                f"data.val_fraction={d.val_fraction}: {has}; {needs} (or set it to 0)")
+        kept, held = split_or_say(labels, names, d.val_fraction, seed, "data.val_fraction",
+                                  "validation")
+        labels, val = labels[kept], labels[held]
+    if batch_size > len(labels):
+        raise ValueError(
+            f"trainer.batch_size={batch_size} is more than the {len(labels)} training images; "
+            f"give at most {len(labels)} (one batch per epoch)")
+    return {split: np.bincount(y, minlength=k)
+            for split, y in (("train", labels), ("val", val), ("test", test))}
+
+
+def split_or_say(labels: np.ndarray, names: list[str], fraction: float, seed: int, key: str,
+                 held_out: str) -> tuple[np.ndarray, np.ndarray]:
+    """``stratified_split(labels, fraction, seed)`` when every class keeps an image on both
+    sides; else a ValueError naming ``key`` and what goes wrong."""
+    k, total = len(names), np.bincount(labels, minlength=len(names))
+    try:
+        kept, held = stratified_split(labels, fraction, seed, held_out)
+    except ValueError:  # fewer images held out (or kept) than classes, or a class of one
+        m, c = len(labels), int(np.argmin(total))
+        held = int(np.ceil(fraction * m))  # scikit-learn's count for a fractional test_size
+        reason = (f"{held} of {m} images held out cannot cover {k} classes" if held < k else
+                  f"the {m - held} of {m} images kept cannot cover {k} classes" if m - held < k
+                  else f"class {names[c]} has {total[c]} image")
+    else:
+        reason = ""
+        for side, idx in (("training", kept), (held_out, held)):
+            missing = np.flatnonzero(np.bincount(labels[idx], minlength=k) == 0)
+            if missing.size and not reason:
+                c = int(missing[0])
+                reason = f"class {names[c]} ({total[c]} images) would have no {side} image"
+    if reason:
+        raise ValueError(
+            f"{key}={fraction}: every class needs an image in training and in {held_out}, "
+            f"and {reason}")
+    return kept, held

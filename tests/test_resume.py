@@ -1,0 +1,176 @@
+"""Resume from the checkpoint alone: a checkpoint carries its run's config, so
+``trainer.resume=PATH`` needs no other override; a resume may train longer (or change
+patience, progress, the cache folder, system metrics) and nothing else; it continues the
+same MLflow run to the metrics of a run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from layers.optim import make_optimizer
+from pipeline.checkpoint import resume_config, save_checkpoint
+from pipeline.model import build_network
+from pipeline.resume import RESUMABLE, resumed_run, run_record, with_changes
+from pipeline.schemas import validate
+from tests.support import make_cfg, pipeline_env
+
+SAVED = ("seed=3", "model.pool_mode=average", "trainer.epochs=4", "optimizer=momentum")
+
+
+def checkpoint(tmp_path: Path, *overrides: str, epochs_done: int = 2,
+               mlflow: dict[str, str] | None = None) -> Path:
+    """A checkpoint after ``epochs_done`` epochs of the run these overrides compose."""
+    cfg = make_cfg(*overrides)
+    net = build_network(validate(cfg), (8, 8, 1), 10, seed=cfg.seed)
+    optimizer = make_optimizer("momentum", lr=0.05)
+    record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
+              "val_accuracy": 0.5, "epoch_seconds": 0.1, "lr": 0.05}
+    history = {"records": [{**record, "epoch": e + 1} for e in range(epochs_done)],
+               "best_epoch": 1, "best_val_accuracy": 0.5, "stopped_early": False}
+    path = tmp_path / "last.npz"
+    save_checkpoint(path, net, optimizer, np.random.default_rng(0), history, None,
+                    resume_config(cfg.seed, 64, 100, optimizer),
+                    run_record(cfg, choices(*overrides), overrides, mlflow))
+    return path
+
+
+def choices(*overrides: str) -> dict:
+    """Hydra's ``runtime.choices`` of the config these overrides compose."""
+    with initialize_config_module(version_base="1.3", config_module="conf"):
+        return dict(compose("config", list(overrides), return_hydra_config=True
+                            ).hydra.runtime.choices)
+
+
+def resume(path: Path, *overrides: str):
+    given = [f"trainer.resume={path}", *overrides]
+    return resumed_run(make_cfg(*given), choices(*given), given, make_cfg())
+
+
+def test_the_checkpoint_alone_gives_back_the_saved_run(tmp_path):
+    path = checkpoint(tmp_path, *SAVED, mlflow={"tracking_uri": "sqlite:///x.db", "run_id": "r1"})
+    resumed = resume(path)
+    saved = make_cfg(*SAVED)
+    saved.trainer.resume = str(path)
+    assert resumed.config == saved  # every key, not only those the overrides named
+    assert resumed.overrides == list(SAVED) and resumed.changes == {}
+    assert resumed.epochs_done == 2 and len(resumed.records) == 2
+    assert resumed.mlflow == {"tracking_uri": "sqlite:///x.db", "run_id": "r1"}
+
+
+def test_a_resume_may_train_longer_and_change_patience_and_progress(tmp_path):
+    path = checkpoint(tmp_path, *SAVED)
+    resumed = resume(path, "trainer.epochs=9", "trainer.patience=3", "trainer.progress=false")
+    assert resumed.config.trainer.epochs == 9 and resumed.config.trainer.patience == 3
+    assert resumed.config.trainer.progress is False and resumed.config.seed == 3
+    assert resumed.changes == {"trainer.epochs": (4, 9), "trainer.patience": (0, 3),
+                               "trainer.progress": (True, False)}
+    assert resumed.overrides == ["seed=3", "model.pool_mode=average", "optimizer=momentum",
+                                 "trainer.epochs=9", "trainer.patience=3",
+                                 "trainer.progress=false"]
+    said = resumed.describe()
+    assert "after epoch 2 of 9" in said and "trainer.epochs 4 -> 9" in said
+
+
+@pytest.mark.parametrize("overrides, listed", [
+    (["model.pool_mode=max"], ["model.pool_mode: saved 'average', given 'max'"]),
+    (["data.normalize=standardize", "dtype=float64"],
+     ["data.normalize: saved 'scale', given 'standardize'",
+      "dtype: saved 'float32', given 'float64'"]),
+    (["seed=0"], ["seed: saved 3, given 0"]),  # the default's value, typed: still a change
+    (["optimizer=adam"], ["optimizer.name: saved 'momentum', given 'adam'"]),
+    (["+experiment=maxpool"], ["experiment (config group): saved None, given 'maxpool'"]),
+    (["model=digits_cnn"], ["model.pool_mode: saved 'average', given 'max'"]),
+], ids=["pool mode", "normalize and dtype", "default seed", "optimizer group", "experiment",
+        "same model group"])
+def test_any_other_change_is_refused_listing_each_key_and_both_values(tmp_path, overrides,
+                                                                     listed):
+    path = checkpoint(tmp_path, *SAVED)
+    with pytest.raises(ValueError) as e:
+        resume(path, *overrides)
+    message = str(e.value)
+    assert message.startswith(f"trainer.resume={path}: ") and "\n" not in message
+    for item in listed:
+        assert item in message
+    assert ", ".join(RESUMABLE) in message
+
+
+def test_fewer_epochs_than_done_is_refused(tmp_path):
+    path = checkpoint(tmp_path, *SAVED, epochs_done=3)
+    with pytest.raises(ValueError, match=f"trainer.epochs=2: {path} has 3 epochs done; give "
+                                         "at least 3 \\(the saved run's is 4\\)"):
+        resume(path, "trainer.epochs=2")
+
+
+def test_a_checkpoint_from_before_runs_were_saved_resumes_with_the_command_line(tmp_path):
+    path = checkpoint(tmp_path, *SAVED)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    state = json.loads(str(arrays["state"]))
+    del state["run"]
+    arrays["state"] = np.array(json.dumps(state))
+    np.savez(path, **arrays)
+    assert resume(path) is None
+
+
+def test_with_changes_replaces_or_adds_the_changed_overrides():
+    assert with_changes(["seed=3", "+trainer.epochs=4"], {"trainer.epochs": (4, 6)}) == [
+        "seed=3", "trainer.epochs=6"]
+    assert with_changes([], {"trainer.progress": (True, False)}) == ["trainer.progress=false"]
+
+
+# -- through the CLI ---------------------------------------------------------------------------
+
+def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "pipeline", *overrides]
+    return subprocess.run(args, cwd=tmp_path, env=pipeline_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_resume_from_the_checkpoint_alone_continues_the_same_mlflow_run(tmp_path):
+    saved = ("seed=3", "model.pool_mode=average", "trainer.epochs=2", "trainer.progress=false",
+             f"data.cache_dir={tmp_path / 'data'}")
+    first = cli(tmp_path, *saved, f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "first" / "checkpoints" / "last.npz"
+
+    resumed = cli(tmp_path, f"trainer.resume={ckpt}", "trainer.epochs=4",
+                  f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = cli(tmp_path, *saved[:2], *saved[3:], "trainer.epochs=4", "tracking.enabled=false",
+                   f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text())
+               for d in ("resumed", "straight")]
+    assert metrics[0] == metrics[1]  # same final metrics as a run never stopped
+    assert OmegaConf.load(tmp_path / "resumed" / ".hydra" / "config.yaml").seed == 3
+
+    info = [json.loads((tmp_path / d / "mlflow_run.json").read_text())
+            for d in ("first", "resumed")]
+    assert info[0]["run_id"] == info[1]["run_id"]
+    client = MlflowClient(info[0]["tracking_uri"])
+    [run] = client.search_runs([info[0]["experiment_id"]])  # one run in the UI
+    assert run.info.run_id == info[0]["run_id"] and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/train")]
+    assert sorted(steps) == [1, 2, 3, 4]  # every epoch once
+    assert run.data.metrics["test/accuracy"] == metrics[0]["test_accuracy"]
+    assert run.info.run_name.startswith("seed=3 pool_mode=average epochs=4 ")
+    assert "after epoch 2 of 4" in run.data.tags["resumed"]
+
+    again = cli(tmp_path, f"trainer.resume={ckpt}", "trainer.epochs=4")  # the old checkpoint
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert f"went on to epoch 4 after this checkpoint's 2; resume from its latest checkpoint, " \
+           f"{tmp_path / 'resumed' / 'checkpoints' / 'last.npz'}" in again.stderr
+    changed = cli(tmp_path, f"trainer.resume={tmp_path / 'resumed/checkpoints/last.npz'}",
+                  "model.pool_mode=max")
+    assert changed.returncode == 1 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "model.pool_mode: saved 'average', given 'max'" in changed.stderr
+    assert len(client.search_runs([info[0]["experiment_id"]])) == 1
