@@ -101,7 +101,11 @@ def checked(cfg: DictConfig) -> Checked:
     # The geometry and the memory too, without building (which allocates): a layer stack
     # that does not fit the images fails here, and so does one that would not fit in memory.
     input_shape = (d.image_size, d.image_size, d.channels)
-    need = memory_needed(spec, input_shape, 2, t.batch_size, cfg.dtype)
+    try:
+        need = memory_needed(spec, input_shape, 2, t.batch_size, cfg.dtype)
+    except ValueError as e:  # the layer's own message names it, its input and the cause
+        raise ValueError(f"data.image_size={d.image_size} is too small for model "
+                         f"{spec.name}: {e}") from None
     free = psutil.virtual_memory().available
     if need > free:
         raise ValueError(

@@ -1,10 +1,11 @@
 """Image folders ``ROOT/<class name>/<image>`` converted into SIGNS-layout HDF5 files.
 
-``image_folder_to_h5`` decodes every image (8-bit RGB by ``to_rgb``, resized with
+``write_image_folder`` decodes every image (8-bit RGB by ``to_rgb``, resized with
 LANCZOS), splits train from test (or takes a separate test folder) and writes the pair
-with ``load.write_split``, e.g. for ``../shared/data/sign-language-digits``, as a
-``pipeline.cache`` pair: a new pair when the source images or the parameters change;
-``load.load_dataset`` reads them like any other pair.
+with ``load.write_split``, e.g. for ``../shared/data/sign-language-digits``;
+``image_folder_to_h5`` does the same as a ``pipeline.cache`` pair, a new pair when the
+source images or the parameters change. ``load.load_dataset`` reads them like any other
+pair, and ``python -m pipeline.make_h5`` writes one from the command line.
 """
 
 from __future__ import annotations
@@ -133,11 +134,50 @@ def image_folder_to_h5(
     seed: int,
     test_root: PathLike | None = None,
 ) -> tuple[Path, Path]:
-    """Convert an image folder ``ROOT/<class name>/<image>`` into a train and a test file.
+    """Convert an image folder ``ROOT/<class name>/<image>`` into a train and a test file
+    (``write_image_folder``), kept as a ``pipeline.cache`` pair in
+    ``out_dir/<root name>-<hash>/``, the hash covering the absolute roots, the parameters
+    and a fingerprint of the source images (their relative paths, sizes and modification
+    times): reused while all are unchanged, a new pair otherwise.
 
-    Each image is converted to RGB and resized to (image_size, image_size) with LANCZOS
-    (antialiased when shrinking, e.g. 100 -> 64). Classes are the non-hidden subfolders,
-    sorted (numerically when all names are integers, so "10" comes after "9");
+    Returns:
+        ``(train_path, test_path)``, absolute.
+    """
+    root, test_dir, names, files = _scan_roots(root, test_root, image_size, test_fraction)
+    key = {
+        "root": str(root),
+        "test_root": None if test_dir is None else str(test_dir),
+        "image_size": int(image_size),
+        "test_fraction": None if test_dir is not None else test_fraction,
+        "seed": None if test_dir is not None else int(seed),
+        "format_version": FORMAT_VERSION,
+        "fingerprint": _fingerprint([root, test_dir][: len(files)], files),
+        "resample": RESAMPLE.name,
+    }
+
+    def write(train_path: Path, test_path: Path) -> None:
+        _write(names, files, (train_path, test_path), int(image_size), test_fraction,
+               int(seed), {"params": json.dumps(key, sort_keys=True)})
+
+    return cached_pair(out_dir, root.name or "imagefolder", key, write)
+
+
+def write_image_folder(
+    root: PathLike,
+    train_path: PathLike,
+    test_path: PathLike,
+    *,
+    image_size: int,
+    test_fraction: float,
+    seed: int,
+    test_root: PathLike | None = None,
+) -> tuple[Path, Path]:
+    """Write an image folder ``ROOT/<class name>/<image>`` as a train and a test file in
+    the SIGNS layout (``load.write_split``).
+
+    Each image is converted to RGB (``to_rgb``) and resized to (image_size, image_size)
+    with LANCZOS (antialiased when shrinking, e.g. 100 -> 64). Classes are the non-hidden
+    subfolders, sorted (numerically when all names are integers, so "10" comes after "9");
     ``list_classes`` is ``0 .. K-1`` and ``class_names`` the folder names. Only files with
     the extensions .jpg .jpeg .png .bmp .gif (any case) are read; hidden and other files
     are ignored, and a folder without images is an error.
@@ -146,14 +186,23 @@ def image_folder_to_h5(
     With ``test_root`` (same layout and class folders) that folder is the test set, no
     split is made and ``test_fraction`` and ``seed`` are unused.
 
-    The pair lives in ``out_dir/<root name>-<hash>/`` (``pipeline.cache``), the hash
-    covering the absolute roots, the parameters and a fingerprint of the source images
-    (their relative paths, sizes and modification times): reused while all are unchanged,
-    a new pair otherwise.
-
     Returns:
         ``(train_path, test_path)``, absolute.
     """
+    root, test_dir, names, files = _scan_roots(root, test_root, image_size, test_fraction)
+    attrs = {"params": json.dumps({"root": str(root), "test_root": test_dir and str(test_dir),
+                                   "image_size": int(image_size), "seed": int(seed),
+                                   "test_fraction": test_fraction}, sort_keys=True)}
+    paths = (Path(train_path).absolute(), Path(test_path).absolute())
+    _write(names, files, paths, int(image_size), test_fraction, int(seed), attrs)
+    return paths
+
+
+def _scan_roots(
+    root: PathLike, test_root: PathLike | None, image_size: int, test_fraction: float
+) -> tuple[Path, Path | None, list[str], list[list[list[Path]]]]:
+    """The absolute roots, the class names and the image files (per root, per class),
+    after checking the arguments and that a test root has the same class folders."""
     if (
         isinstance(image_size, bool)
         or not isinstance(image_size, (int, np.integer))
@@ -163,10 +212,9 @@ def image_folder_to_h5(
     root = Path(root).absolute()
     test_dir = None if test_root is None else Path(test_root).absolute()
     if test_dir is None:
-        test_fraction = check_fraction("test_fraction", test_fraction)
-
+        check_fraction("test_fraction", test_fraction)
     names, files = scan(root)
-    roots, all_files = [root], [files]
+    all_files = [files]
     if test_dir is not None:
         test_names, test_files = scan(test_dir)
         if test_names != names:
@@ -175,30 +223,19 @@ def image_folder_to_h5(
                 f"missing in test_root {sorted(set(names) - set(test_names))}, "
                 f"extra in test_root {sorted(set(test_names) - set(names))}"
             )
-        roots.append(test_dir)
         all_files.append(test_files)
+    return root, test_dir, names, all_files
 
-    key = {
-        "root": str(root),
-        "test_root": None if test_dir is None else str(test_dir),
-        "image_size": int(image_size),
-        "test_fraction": None if test_dir is not None else test_fraction,
-        "seed": None if test_dir is not None else int(seed),
-        "format_version": FORMAT_VERSION,
-        "fingerprint": _fingerprint(roots, all_files),
-        "resample": RESAMPLE.name,
-    }
 
-    def write(train_path: Path, test_path: Path) -> None:
-        classes = np.arange(len(names), dtype=np.int64)
-        x, y = _decode_all(files, int(image_size))
-        if test_dir is None:
-            train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")
-            splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
-        else:
-            splits = ((x, y), _decode_all(all_files[1], int(image_size)))
-        attrs = {"params": json.dumps(key, sort_keys=True)}
-        for path, split, (xs, ys) in zip((train_path, test_path), SPLITS, splits, strict=True):
-            write_split(path, split, xs, ys, classes, names, attrs=attrs)
-
-    return cached_pair(out_dir, root.name or "imagefolder", key, write)
+def _write(names: list[str], files: list[list[list[Path]]], paths: tuple[Path, Path],
+           image_size: int, test_fraction: float, seed: int, attrs: dict[str, str]) -> None:
+    """Decode and write the pair: ``files`` per root (the images, then a test root's)."""
+    classes = np.arange(len(names), dtype=np.int64)
+    x, y = _decode_all(files[0], image_size)
+    if len(files) == 1:
+        train_idx, test_idx = stratified_split(y, test_fraction, seed, "train/test")
+        splits = ((x[train_idx], y[train_idx]), (x[test_idx], y[test_idx]))
+    else:
+        splits = ((x, y), _decode_all(files[1], image_size))
+    for path, split, (xs, ys) in zip(paths, SPLITS, splits, strict=True):
+        write_split(path, split, xs, ys, classes, names, attrs=attrs)

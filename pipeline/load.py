@@ -315,6 +315,27 @@ def split_validation(
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
+Read = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # what read_split returns
+
+
+def read_pair(train_path: PathLike, test_path: PathLike) -> tuple[Read, Read]:
+    """``read_split`` of a train and a test file that agree on the classes, their names and
+    the image shape (n_H, n_W, n_C); a ValueError naming both files otherwise."""
+    train, test = read_split(train_path, "train"), read_split(test_path, "test")
+    files = f"train file {Path(train_path).absolute()} and test file {Path(test_path).absolute()}"
+    if not np.array_equal(train[2], test[2]) or train[3] != test[3]:
+        raise ValueError(
+            f"{files} disagree on the classes: list_classes {train[2].tolist()} vs "
+            f"{test[2].tolist()}, class names {train[3]} vs {test[3]}"
+        )
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise ValueError(
+            f"{files} disagree on the image shape (n_H, n_W, n_C): "
+            f"{train[0].shape[1:]} vs {test[0].shape[1:]}"
+        )
+    return train, test
+
+
 def load_dataset(
     *, name: str, train_path: PathLike, test_path: PathLike, val_fraction: float, seed: int
 ) -> Dataset:
@@ -327,19 +348,9 @@ def load_dataset(
         ``Dataset`` with train/val/test ``Split``s (x (m, n_H, n_W, n_C) uint8, y (m,)
         int64 class indices), classes (K,) int64 and K class_names.
     """
-    x_train, y_train, classes, class_names = read_split(train_path, "train")
-    x_test, y_test, test_classes, test_names = read_split(test_path, "test")
-    files = f"train file {Path(train_path).absolute()} and test file {Path(test_path).absolute()}"
-    if not np.array_equal(classes, test_classes) or class_names != test_names:
-        raise ValueError(
-            f"{files} disagree on the classes: list_classes {classes.tolist()} vs "
-            f"{test_classes.tolist()}, class names {class_names} vs {test_names}"
-        )
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(
-            f"{files} disagree on the image shape (n_H, n_W, n_C): "
-            f"{x_train.shape[1:]} vs {x_test.shape[1:]}"
-        )
+    train_split, test_split = read_pair(train_path, test_path)
+    x_train, y_train, classes, class_names = train_split
+    x_test, y_test = test_split[:2]
     if len(np.unique(y_train)) < 2:
         only = class_names[int(y_train[0])] if class_names else classes[y_train[0]]
         raise ValueError(f"train file {Path(train_path).absolute()}: every image is of one "

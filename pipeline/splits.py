@@ -4,8 +4,8 @@ cannot work is refused naming its key instead of failing (or training on nothing
 
 The splits are the ones the run will make, from the same labels in the same order with the
 same seed and ``load.stratified_split``: the digits' labels from scikit-learn's copy, an
-image folder's from its class folders' file lists (no image is decoded), a SIGNS file's
-from the file itself (which checks it, too).
+image folder's from its class folders' file lists (no image is decoded), a SIGNS pair's
+from the files themselves (which checks them, too).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pipeline import imagefolder
-from pipeline.load import read_split, stratified_split
+from pipeline.load import read_pair, stratified_split
 
 
 class Labels(NamedTuple):
@@ -41,8 +41,8 @@ def source_labels(d: Any) -> Labels:
         test_per_class = imagefolder.scan(Path(d.test_root))[1]
         test = np.repeat(np.arange(len(test_per_class)), [len(c) for c in test_per_class])
         return Labels(labels, test, names)
-    _, y, _, names = read_split(d.train_path, "train")
-    return Labels(y, read_split(d.test_path, "test")[1], names)
+    train, test = read_pair(d.train_path, d.test_path)
+    return Labels(train[1], test[1], train[3])
 
 
 def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -51,6 +51,9 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray
     the training images. ``d``: the ``data`` config."""
     labels, test, names = source_labels(d)
     k = len(names)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"data: every training image is of one class ({names[labels[0]]}); "
+                         "a classifier needs at least two")
     if test is None:
         kept, held = split_or_say(labels, names, d.test_fraction, seed, "data.test_fraction",
                                   "test")

@@ -13,12 +13,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+from PIL import Image
 
 from pipeline.schemas import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the real data, beside the repository
 register_configs()
 
 
@@ -26,6 +29,20 @@ def make_cfg(*overrides: str) -> DictConfig:
     """The config ``python -m pipeline`` composes with these overrides."""
     with initialize_config_module(version_base="1.3", config_module="conf"):
         return compose("config", overrides=list(overrides))
+
+
+def make_image_folder(
+    root: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 6, seed: int = 0
+) -> Path:
+    """root/<class>/img<i>.jpg: random 20x30 (H x W) RGB images, the first of each a PNG."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+            suffix = ".png" if i == 0 else ".jpg"
+            Image.fromarray(pixels).save(root / name / f"img{i}{suffix}")
+    return root
 
 
 def pipeline_env(**extra: str) -> dict[str, str]:

@@ -46,7 +46,8 @@ BAD = [  # (overrides, what the one line must say)
     (["data=image_folder", "data.root=no_such_folder"],
      "data.root: no_such_folder does not exist"),
     (["data=signs", "model=signs_cnn"], "data.train_path: data/train_signs.h5 does not exist"),
-    (["model=signs_cnn"], "Pool2D 'pool2'"),  # 8x8 digits pooled to nothing
+    (["model=signs_cnn"],  # 8x8 digits pooled to nothing
+     "data.image_size=8 is too small for model signs_cnn: Pool2D 'pool2'"),
     (["data.image_size=100000"],  # refused from an estimate, before allocating 80 TiB
      "data.image_size=100000: training digits_cnn would need at least "),
     # The splits, worked out from the labels: every class keeps an image in every split.

@@ -10,22 +10,9 @@ from PIL import Image
 
 from pipeline.imagefolder import image_folder_to_h5, to_rgb
 from pipeline.load import read_split
+from tests.support import make_image_folder
 
 SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits"
-
-
-def make_image_folder(
-    root: Path, classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 6, seed: int = 0
-) -> Path:
-    """root/<class>/img<i>.jpg: random 20x30 (H x W) RGB images, the first of each a PNG."""
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-            suffix = ".png" if i == 0 else ".jpg"
-            Image.fromarray(pixels).save(root / name / f"img{i}{suffix}")
-    return root
 
 
 def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
