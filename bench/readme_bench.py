@@ -70,7 +70,7 @@ def main() -> None:
     if unknown or args.repeats < 1:
         parser.error(f"unknown commands {unknown}" if unknown else "--repeats must be >= 1")
     print(f"machine: {machine()}")
-    print(f"{'command':<40}{'median wall':>12}  each run: wall (s), test accuracy")
+    print(f"{'command':<48}{'median wall':>12}  each run: wall (s), test accuracy")
     with tempfile.TemporaryDirectory() as tmp:
         launch = Path(tmp)
         timed_run(launch, ["trainer.epochs=1"])  # creates the store
@@ -80,7 +80,7 @@ def main() -> None:
             runs = [timed_run(launch, overrides) for _ in range(args.repeats)]
             shown = f"python -m pipeline {' '.join(overrides)}".strip()
             each = "  ".join(f"{w:.1f} ({a:.4f})" for w, a in runs)
-            print(f"{shown:<40}{statistics.median(w for w, _ in runs):>10.1f} s  {each}",
+            print(f"{shown:<48}{statistics.median(w for w, _ in runs):>10.1f} s  {each}",
                   flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
