@@ -32,6 +32,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SIGN_DIGITS = ROOT.parent / "shared" / "data" / "sign-language-digits"
 QUICK = ["trainer.epochs=1", "trainer.progress=false"]
+LOG_LINES = ("[", "Set the environment variable", "Successfully registered model",
+             "Created version")
 FOLDER = ["data=image_folder", "model=signs_cnn", "data.image_size=16", "model.pool1.f=2",
           "model.pool1.stride=2", "model.pool2.f=2", "model.pool2.stride=2",
           "trainer.batch_size=2", "data.val_fraction=0", "data.test_fraction=0.34"]
@@ -64,14 +66,14 @@ def images(folder: Path, classes: int, per_class: int, mode: str = "RGB") -> Pat
             pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             image = Image.fromarray(pixels)
             if mode == "I;16":  # 16-bit grey spanning 0..65535
-                image = Image.fromarray((pixels[..., 0].astype(np.uint16) * 257), "I;16")
+                image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
             elif mode == "P":
                 image = image.quantize(8)
             image.save(folder / str(c) / f"{i}.png")
     return folder
 
 
-def signs_file(path: Path, split: str, classes: int, size: int = 64, m: int = 40,
+def signs_file(path: Path, split: str, classes: int, size: int = 64, m: int = 200,
                x_dtype: type = np.uint8, drop: str | None = None) -> Path:
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as f:
@@ -99,7 +101,7 @@ def fixtures(launch: Path) -> dict[str, Path]:
     signs_file(bad / "one_class.h5", "train", 1)
     (bad / "truncated_h5.h5").write_bytes((bad / "train.h5").read_bytes()[:5000])
     (bad / "empty").mkdir()
-    images(bad / "one_class", 1, 6)
+    images(bad / "one_class_folder", 1, 6)
     images(bad / "rgb", 3, 6)
     images(bad / "other_classes", 4, 6)
     (bad / "with_empty_class" / "9").mkdir(parents=True)
@@ -155,7 +157,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
         ("data.root=nowhere", [*folder, "data.root=nowhere"]),
         ("data.root=<a file>", [*folder, f"data.root={f['random']}"]),
         ("data.root=<empty folder>", [*folder, f"data.root={f['empty']}"]),
-        ("data.root=<one class>", [*folder, f"data.root={f['one_class']}"]),
+        ("data.root=<one class>", [*folder, f"data.root={f['one_class_folder']}"]),
         ("data.root=<an empty class folder>", [*folder, f"data.root={f['with_empty_class']}"]),
         ("data.root=<a broken image>", [*folder, f"data.root={f['broken_image']}"]),
         ("data.test_root=<other classes>",
@@ -182,7 +184,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
         ("sweep of a resume", ["-m", ckpt, "seed=0,1"]),
         ("make_h5: no such folder", ["nowhere"]),
         ("make_h5: --image-size 0", [str(f["rgb"]), "--image-size", "0"]),
-        ("make_h5: one class", [str(f["one_class"]), "--train", "a.h5", "--test", "b.h5"]),
+        ("make_h5: one class", [str(f["one_class_folder"]), "--train", "a.h5", "--test", "b.h5"]),
         ("make_h5: same file twice", [str(f["rgb"]), "--train", "a.h5", "--test", "a.h5"]),
     ]
     return out
@@ -213,8 +215,8 @@ def try_case(launch: Path, what: str, args: list[str]) -> Outcome:
         flags = [a for a in args if a.startswith("-")]
         proc = cli(launch, [*flags, *QUICK, *(a for a in args if a not in flags)])
     text = proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines()
-             if ln.strip() and not ln.startswith(("[", "Set the environment variable"))]
+    lines = [ln for ln in proc.stderr.splitlines()  # less the logs and MLflow's registry notes
+             if ln.strip() and not ln.startswith(LOG_LINES) and " INFO mlflow" not in ln]
     errors = [ln for ln in lines if ln.startswith("error: ")]
     job = [ln for ln in lines if ln.startswith("Error executing job")]
     one = bool(errors) and len(lines) == len(errors) + len(job) and len(errors) == 1
@@ -250,7 +252,7 @@ def main() -> None:
         trained = {name: cli(launch, [*QUICK, *FOLDER, f"data.root={f[name]}",
                                       "tracking.enabled=false"]).returncode == 0
                    for name in ("png16", "palette")}
-        stats = {name: converted(launch, name) for name in ("png16", "palette", "rgb")}
+        stats = {name: converted(launch, name) for name in ("png16", "palette")}
     report(outcomes, trained, stats, lost, args.show)
 
 

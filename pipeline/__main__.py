@@ -25,8 +25,9 @@ import numpy as np
 import psutil
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
@@ -133,6 +134,8 @@ def checked(cfg: DictConfig) -> Checked:
     if d.name == "signs":
         for key in ("train_path", "test_path"):
             require_path(f"data.{key}", d[key], file=True, hint="an HDF5 file, SIGNS layout")
+    if d.name != "signs":
+        require_writable("data.cache_dir", d.cache_dir, "where generated HDF5 files are kept")
     check_split_plan(d, cfg.seed, t.batch_size)  # from the labels: every class in every split
     return Checked(spec, optimizer, schedule)
 
@@ -156,6 +159,17 @@ def require_path(key: str, path: str | None, file: bool, hint: str) -> None:
     else:
         problem = f"{p} does not exist"
     raise ValueError(f"{key}: {problem}; give {'a file' if file else 'a folder'} ({hint})")
+
+
+def require_writable(key: str, path: str, what: str) -> None:
+    """Raise ValueError naming ``key`` unless ``path`` is a folder that can be written, or
+    can be made in one (a file there, or where a parent folder should be, cannot)."""
+    p = Path(path).absolute()
+    found = next(q for q in (p, *p.parents) if q.exists())
+    if not found.is_dir():
+        raise ValueError(f"{key}: {found} is a file; give a folder ({what})")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}: {found} cannot be written ({what})")
 
 
 def run(
@@ -264,6 +278,15 @@ register_configs()
 USER_ERRORS = (ValueError, OSError, TrackingError)
 
 
+def full_error() -> bool:
+    """Whether the user asked for whole tracebacks (``HYDRA_FULL_ERROR=1``, as they set it
+    before ``__main__`` set it for Hydra; sweep workers inherit the copy)."""
+    return os.environ.get(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+FULL_ERROR = "PIPELINE_FULL_ERROR"
+
+
 class JobError(CompactHydraException):
     """A sweep job's bad config or input: Hydra prints its line, not a traceback."""
 
@@ -312,7 +335,7 @@ def main(cfg: DictConfig) -> float:
         try:
             return run(cfg, out_dir, overrides, parent, job_started_at(), choices=choices)
         except USER_ERRORS as e:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if full_error():
                 raise
             raise JobError(error_line(e)) from None
     interrupt_on_sigterm()
@@ -326,9 +349,30 @@ def main(cfg: DictConfig) -> float:
         print(line, file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
     except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error():
             raise
         raise SystemExit(error_line(e)) from None
+
+
+def hydra_error_line(e: Exception) -> str:
+    """Hydra's or OmegaConf's error while composing the config (a group option that does
+    not exist, a value of the wrong type, a key not in the schema, bad override syntax),
+    in one line: its message's lines up to the first blank one, the cause's message, and
+    a missing option's alternatives."""
+    if isinstance(e, CompactHydraException) and str(e).startswith("error: "):
+        return str(e)  # a sweep job's JobError: said already
+    lines = []
+    for line in str(e).strip().splitlines():
+        if not line.strip():
+            break
+        if not line.startswith((" ", "\t")):  # not OmegaConf's full_key/object_type detail
+            lines.append(line.strip().rstrip(".:"))
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "msg", None):
+        lines += [m for m in [str(cause.msg).splitlines()[0]] if m not in lines]
+    if isinstance(e, MissingConfigException) and e.options:
+        lines.append(f"options: {', '.join(e.options)}")
+    return f"error: {'; '.join(lines) or type(e).__name__}"
 
 
 def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
@@ -344,7 +388,17 @@ def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
 
 
 if __name__ == "__main__":
+    # Hydra prints its own errors (composing the config, a sweep job's) on many lines;
+    # HYDRA_FULL_ERROR=1 makes it raise them instead, to be said here in one line. The
+    # user's own setting is kept for full_error().
+    os.environ.setdefault(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
     except KeyboardInterrupt as e:  # a single run says so itself: this is a sweep's
         raise sweep_interrupted(e) from None
+    except (HydraException, OmegaConfBaseException, *USER_ERRORS) as e:
+        if full_error():
+            raise
+        raise SystemExit(hydra_error_line(e) if isinstance(
+            e, HydraException | OmegaConfBaseException) else error_line(e)) from None

@@ -213,18 +213,24 @@ def _scan_roots(
     test_dir = None if test_root is None else Path(test_root).absolute()
     if test_dir is None:
         check_fraction("test_fraction", test_fraction)
-    names, files = scan(root)
-    all_files = [files]
-    if test_dir is not None:
-        test_names, test_files = scan(test_dir)
-        if test_names != names:
-            raise ValueError(
-                f"class folders of test_root {test_dir} differ from those of root {root}: "
-                f"missing in test_root {sorted(set(names) - set(test_names))}, "
-                f"extra in test_root {sorted(set(test_names) - set(names))}"
-            )
-        all_files.append(test_files)
+    names, all_files = scan_pair(root, test_dir)
     return root, test_dir, names, all_files
+
+
+def scan_pair(root: Path, test_root: Path | None) -> tuple[list[str], list[list[list[Path]]]]:
+    """``scan`` of ``root`` and, if given, of ``test_root``, which must have the same class
+    folders: the class names and the image files per root, per class."""
+    names, files = scan(root)
+    if test_root is None:
+        return names, [files]
+    test_names, test_files = scan(test_root)
+    if test_names != names:
+        raise ValueError(
+            f"class folders of test_root {test_root} differ from those of root {root}: "
+            f"missing in test_root {sorted(set(names) - set(test_names))}, "
+            f"extra in test_root {sorted(set(test_names) - set(names))}"
+        )
+    return names, [files, test_files]
 
 
 def _write(names: list[str], files: list[list[list[Path]]], paths: tuple[Path, Path],

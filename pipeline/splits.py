@@ -1,6 +1,7 @@
 """The split plan: how many images of each class the train, validation and test splits get,
 worked out from the labels alone before a run starts, so a fraction or a batch size that
-cannot work is refused naming its key instead of failing (or training on nothing) later.
+cannot work (or an image size the data does not have) is refused naming its key instead
+of failing (or training on nothing) later.
 
 The splits are the ones the run will make, from the same labels in the same order with the
 same seed and ``load.stratified_split``: the digits' labels from scikit-learn's copy, an
@@ -20,11 +21,12 @@ from pipeline.load import read_pair, stratified_split
 
 
 class Labels(NamedTuple):
-    """What the split plan needs of a data set: labels, no images."""
+    """What the split plan needs of a data set: labels and the image shape, no images."""
 
     source: np.ndarray  # (m,) class indices of the images the run splits
     test: np.ndarray | None  # (m_test,) those of its own test set; None: the run splits one
     class_names: list[str]
+    image_shape: tuple[int, int, int]  # (n_H, n_W, n_C) of the images the run reads
 
 
 def source_labels(d: Any) -> Labels:
@@ -32,24 +34,28 @@ def source_labels(d: Any) -> Labels:
     if d.name == "digits":
         from sklearn.datasets import load_digits  # its 8x8 copy: read in a few ms
 
-        return Labels(load_digits().target.astype(np.int64), None, [str(c) for c in range(10)])
+        y = load_digits().target.astype(np.int64)
+        return Labels(y, None, [str(c) for c in range(10)], (8, 8, 1))
     if d.name == "image_folder":
-        names, per_class = imagefolder.scan(Path(d.root))
-        labels = np.repeat(np.arange(len(per_class)), [len(c) for c in per_class])
-        if not d.test_root:
-            return Labels(labels, None, names)
-        test_per_class = imagefolder.scan(Path(d.test_root))[1]
-        test = np.repeat(np.arange(len(test_per_class)), [len(c) for c in test_per_class])
-        return Labels(labels, test, names)
+        test_root = Path(d.test_root) if d.test_root else None
+        names, files = imagefolder.scan_pair(Path(d.root), test_root)
+        labels = [np.repeat(np.arange(len(names)), [len(c) for c in f]) for f in files]
+        shape = (d.image_size, d.image_size, 3)  # every image is resized and made RGB
+        return Labels(labels[0], labels[1] if test_root else None, names, shape)
     train, test = read_pair(d.train_path, d.test_path)
-    return Labels(train[1], test[1], train[3])
+    return Labels(train[1], test[1], train[3], train[0].shape[1:])
 
 
 def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray]:
     """The images per class (K,) of each split, ``{"train", "val", "test"}``; ValueError
-    naming the key when a class would have no image in a split, or ``batch_size`` exceeds
-    the training images. ``d``: the ``data`` config."""
-    labels, test, names = source_labels(d)
+    naming the key when the images are not of the size ``d`` says, a class would have no
+    image in a split, or ``batch_size`` exceeds the training images. ``d``: the ``data``
+    config."""
+    labels, test, names, shape = source_labels(d)
+    if tuple(shape) != (d.image_size, d.image_size, d.channels):
+        raise ValueError(
+            f"data: the images are {'x'.join(map(str, shape))} but the config says "
+            f"data.image_size={d.image_size}, data.channels={d.channels}")
     k = len(names)
     if len(np.unique(labels)) < 2:
         raise ValueError(f"data: every training image is of one class ({names[labels[0]]}); "

@@ -61,6 +61,14 @@ BAD = [  # (overrides, what the one line must say)
      "trainer.batch_size=100000 is more than the 1374 training images; give at most 1374"),
     (["data=signs", "model=signs_cnn", "data.train_path=.", "data.test_path=."],
      "data.train_path: . is a folder; give a file"),
+    (["data.image_size=16"], "data: the images are 8x8x1 but the config says data.image_size=16"),
+    # Hydra's own errors while composing, in one line too.
+    (["optimizer=nope"], "Could not find 'optimizer/nope'; options: adam, momentum, sgd"),
+    (["trainer.epochs=abc"], "trainer.epochs=abc; Value 'abc' of type 'str' could not be "
+     "converted to Integer"),
+    (["trainer.foo=1"], "Could not override 'trainer.foo'; To append to your config use "
+     "+trainer.foo=1; Key 'foo' not in 'TrainerConfig'"),
+    (["trainer.epochs=[1"], "no viable alternative at input '[1'"),
 ]
 
 
@@ -72,6 +80,15 @@ def test_a_bad_value_is_one_line_naming_it_before_any_work(tmp_path, overrides, 
     assert proc.stderr.startswith("error: ") and says in proc.stderr, proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run, not even a store
     assert not (tmp_path / "data").exists()  # no data read or written
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_before_any_run(tmp_path):
+    (tmp_path / "taken").write_text("a file where the cache folder should be")
+    proc = cli(tmp_path, f"data.cache_dir={tmp_path / 'taken' / 'data'}")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr == (f"error: data.cache_dir: {tmp_path / 'taken'} is a file; give a "
+                           "folder (where generated HDF5 files are kept)\n")
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_damaged_checkpoint_to_resume_from_is_one_line_naming_it(tmp_path):
