@@ -93,7 +93,10 @@ def save_checkpoint(
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: no half-written file left behind
+    except OSError as e:  # a full disk: no half-written file left, and the file named
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror}") from e
+    except BaseException:  # an interrupt: no half-written file left behind either
         tmp.unlink(missing_ok=True)
         raise
 

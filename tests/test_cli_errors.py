@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -89,6 +90,27 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_any_run(tmp_path):
     assert proc.stderr == (f"error: data.cache_dir: {tmp_path / 'taken'} is a file; give a "
                            "folder (where generated HDF5 files are kept)\n")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_says_one_line(tmp_path):
+    assert cli(tmp_path, "trainer.epochs=1", "tracking.enabled=false").returncode == 0  # caches
+
+    def disk_of_100_kib():  # files stop growing at 100 KiB: the checkpoint is larger
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails instead of killing
+
+    run_dir = tmp_path / "full"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
+         "tracking.enabled=false",  # a full disk under MLflow: test_tracking
+         f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=pipeline_env(), capture_output=True,
+        text=True, timeout=300, preexec_fn=disk_of_100_kib)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    checkpoint = run_dir / "checkpoints" / "last.npz"
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: [Errno 27] cannot write the checkpoint {checkpoint}: File too large")
+    assert list((run_dir / "checkpoints").iterdir()) == []  # no last.npz.tmp left
+    assert not (run_dir / "error.txt").exists()  # written by a tracked run only
 
 
 def test_a_damaged_checkpoint_to_resume_from_is_one_line_naming_it(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from PIL import Image
 
 from pipeline.imagefolder import image_folder_to_h5, to_rgb
 from pipeline.load import read_split
-from tests.support import make_image_folder
+from tests.support import make_image_folder, pipeline_env
 
 SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits"
 
@@ -163,3 +165,27 @@ def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "src", classes=("only",), per_class=4)
     with pytest.raises(ValueError, match=r"src: one class folder \(only\); a classifier needs"):
         image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)
+
+
+def test_a_folder_of_16_bit_and_palette_images_trains_on_the_pixels_they_show(tmp_path):
+    """Through the CLI: the run's cache holds the images as seen, not clipped to white."""
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))  # dark to light
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "src" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.roll(ramp, i + c, axis=1)).save(tmp_path / "src" / f"c{c}/{i}.png")
+        palette = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).quantize(8)
+        palette.save(tmp_path / "src" / f"c{c}" / "palette.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "data=image_folder", f"data.root={tmp_path / 'src'}",
+         "data.image_size=16", "data.test_fraction=0.34", "data.val_fraction=0",
+         "trainer.batch_size=4", "trainer.epochs=1", "trainer.progress=false",
+         "tracking.enabled=false", f"data.cache_dir={tmp_path / 'data'}"],
+        cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [train] = (tmp_path / "data").glob("src-*/src_train.h5")
+    [test] = (tmp_path / "data").glob("src-*/src_test.h5")
+    x = np.concatenate([read_split(train, "train")[0], read_split(test, "test")[0]])
+    assert x.shape == (21, 16, 16, 3)
+    assert (x == 255).mean() < 0.1 and abs(x.mean() - 127.5) < 8  # Pillow alone: 90% white

@@ -152,7 +152,7 @@ def test_parallel_jobs_of_several_seeds_equal_lone_runs_of_those_seeds(tmp_path)
 
 
 def test_a_failing_job_fails_its_child_and_the_parent_keeping_the_others(tmp_path):
-    # data.image_size=16 passes the config checks but not the data: 8x8 digits.
+    # data.image_size=16 does not fit the 8x8 digits: that job fails, the others go on.
     proc = run_sweep(tmp_path, "data.image_size=8,16", "model.conv1.f=2,3")
     assert proc.returncode != 0
     client, parent, children = the_sweep(tmp_path)

@@ -28,7 +28,7 @@ from pipeline.tracking.store import (  # noqa: E402
     resolve_uri,
     sqlite_path,
 )
-from tests.support import make_cfg, pipeline_env, wait_for  # noqa: E402
+from tests.support import make_cfg, make_image_folder, pipeline_env, wait_for  # noqa: E402
 
 QUICK = ("trainer.progress=false",)
 
@@ -509,15 +509,18 @@ def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, monkey
         return write_text(self, *args, **kwargs)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # data.image_size=16 passes the config checks, not the data: 8x8 digits.
-    cfg = make_cfg(f"tracking.uri={uri}", "data.image_size=16", *QUICK,
-                   f"data.cache_dir={tmp_path / 'data'}")
+    # A broken image passes the checks before the run (they list files, decode none).
+    root = make_image_folder(tmp_path / "images")
+    (root / "a" / "img1.jpg").write_bytes(b"not a jpeg")
+    cfg = make_cfg(f"tracking.uri={uri}", "data=image_folder", f"data.root={root}",
+                   "data.image_size=16", "data.val_fraction=0", "data.test_fraction=0.34",
+                   "trainer.batch_size=4", *QUICK, f"data.cache_dir={tmp_path / 'data'}")
     monkeypatch.setattr(PathType, "write_text", disk_full_for_errors)
-    with pytest.raises(ValueError, match="images are 8x8x1"):
+    with pytest.raises(ValueError, match="cannot read image"):
         entry.run(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "error.txt").exists()  # no empty file either
     _, run = only_run(uri)
-    assert run.info.status == "FAILED" and "8x8x1" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "img1.jpg" in run.data.tags["error"]
 
 
 def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_directory(
