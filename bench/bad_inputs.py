@@ -122,7 +122,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
         "optimizer=adam optimizer.beta1=1.5", "optimizer=adam optimizer.beta2=1",
         "optimizer=adam optimizer.eps=-1", "optimizer=momentum optimizer.beta=5",
         "optimizer.weight_decay=-0.1", "optimizer=nope", "optimizer=sgd_schema",
-        "optimizer.name=rmsprop",
+        "optimizer.name=rmsprop", "optimizer=sgd optimizer.lr=1e30",
         "trainer.lr_schedule=step trainer.lr_decay_every=0",
         "trainer.lr_schedule=exponential trainer.lr_decay_rate=0", "trainer.lr_schedule=warp",
         "trainer.epochs=5 trainer.warmup_epochs=5", "trainer.warmup_epochs=-1",
@@ -151,7 +151,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
     out += [("trainer.resume=<weights.npz>", [f"trainer.resume={weights}"])]
     out += [(f"resume with {o}", [ckpt, o]) for o in (
         "model.pool_mode=average", "data.normalize=standardize", "dtype=float64",
-        "trainer.epochs=0", "seed=5", "+experiment=avgpool")]
+        "trainer.epochs=0", "seed=5", "+experiment=avgpool", "data.root=elsewhere")]
     out += [
         ("data=image_folder without data.root", ["data=image_folder"]),
         ("data.root=nowhere", [*folder, "data.root=nowhere"]),

@@ -162,14 +162,15 @@ def require_path(key: str, path: str | None, file: bool, hint: str) -> None:
 
 
 def require_writable(key: str, path: str, what: str) -> None:
-    """Raise ValueError naming ``key`` unless ``path`` is a folder that can be written, or
-    can be made in one (a file there, or where a parent folder should be, cannot)."""
+    """Raise ValueError naming ``key`` unless ``path`` is a folder, or can be made (a file
+    there, or where a parent folder should be, cannot). An existing folder may be
+    read-only: a cache that holds what the run needs is only read."""
     p = Path(path).absolute()
     found = next(q for q in (p, *p.parents) if q.exists())
     if not found.is_dir():
         raise ValueError(f"{key}: {found} is a file; give a folder ({what})")
-    if not os.access(found, os.W_OK | os.X_OK):
-        raise ValueError(f"{key}: {found} cannot be written ({what})")
+    if found != p and not os.access(found, os.W_OK | os.X_OK):  # an existing one may be
+        raise ValueError(f"{key}: {p} cannot be made in {found} ({what})")  # read-only
 
 
 def run(
@@ -275,7 +276,7 @@ register_configs()
 
 
 # Bad config or input, said in one line; any other exception is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, TrackingError)
+USER_ERRORS = (ValueError, OSError, TrackingError, FloatingPointError)  # the last: diverged
 
 
 def full_error() -> bool:
@@ -297,10 +298,13 @@ def error_line(e: BaseException) -> str:
     return f"error: {message}"
 
 
-def interrupted_line(signal_name: str, out_dir: Path) -> str:
+def interrupted_line(signal_name: str, out_dir: Path, resumed_from: str | None) -> str:
     """What an interrupted run saved, and the exact command that continues it (the
-    checkpoint carries the run's config: no other override is needed)."""
+    checkpoint carries the run's config: no other override is needed). A resume stopped
+    before its first epoch ended continues from the checkpoint it resumed from."""
     checkpoint = out_dir / CHECKPOINT
+    if not checkpoint.is_file() and resumed_from:
+        checkpoint = Path(resumed_from).absolute()
     if not checkpoint.is_file():
         return f"{signal_name}: stopped before the first epoch ended; nothing to resume"
     python = shell_path(Path(sys.executable))
@@ -317,7 +321,8 @@ def continued(cfg: DictConfig, out_dir: Path, overrides: Sequence[str],
         return None
     require_path("trainer.resume", cfg.trainer.resume, file=True,
                  hint="a run's checkpoints/last.npz")
-    resumed = resumed_run(cfg, choices, overrides, compose(config_name="config"))
+    default = compose(config_name=HydraConfig.get().job.config_name)
+    resumed = resumed_run(cfg, choices, overrides, default)
     saved_config = out_dir / ".hydra" / "config.yaml"
     if resumed is not None and saved_config.is_file():
         OmegaConf.save(resumed.config, saved_config)
@@ -345,7 +350,7 @@ def main(cfg: DictConfig) -> float:
                    started_at=started_at, resumed=resumed, choices=choices)
     except KeyboardInterrupt as e:
         sigterm = str(e) == f"signal {signal.SIGTERM}"
-        line = interrupted_line("SIGTERM" if sigterm else "Ctrl-C", out_dir)
+        line = interrupted_line("SIGTERM" if sigterm else "Ctrl-C", out_dir, cfg.trainer.resume)
         print(line, file=sys.stderr)
         raise SystemExit(128 + (signal.SIGTERM if sigterm else signal.SIGINT)) from None
     except USER_ERRORS as e:
@@ -375,6 +380,21 @@ def hydra_error_line(e: Exception) -> str:
     return f"error: {'; '.join(lines) or type(e).__name__}"
 
 
+def raised_by_a_bug(e: BaseException) -> bool:
+    """An OmegaConf error that came out of the pipeline's own code (a run's stages), not
+    out of composing the config: a bug, which keeps its traceback."""
+    if not isinstance(e, OmegaConfBaseException):
+        return False
+    package = Path(__file__).parent
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if Path(code.co_filename).is_relative_to(package) and code.co_name != "<module>":
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
     """A sweep (or a run still composing its config) stopped by Ctrl-C (130) or SIGTERM
     (143), said in one line; a sweep's exit handler then ends its parent and running
@@ -398,7 +418,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:  # a single run says so itself: this is a sweep's
         raise sweep_interrupted(e) from None
     except (HydraException, OmegaConfBaseException, *USER_ERRORS) as e:
-        if full_error():
+        if full_error() or raised_by_a_bug(e):
             raise
         raise SystemExit(hydra_error_line(e) if isinstance(
             e, HydraException | OmegaConfBaseException) else error_line(e)) from None

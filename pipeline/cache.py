@@ -39,6 +39,13 @@ def pair_paths(folder: Path, stem: str) -> tuple[Path, Path]:
     return folder / f"{stem}_train.h5", folder / f"{stem}_test.h5"
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it, then set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def cached_pair(
     cache_dir: str | os.PathLike[str], stem: str, key: dict[str, Any],
     write: Callable[[Path, Path], None],
@@ -59,6 +66,7 @@ def cached_pair(
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=cache_dir))
     try:
         write(*pair_paths(building, stem))
+        building.chmod(0o777 & ~current_umask())  # mkdtemp's is owner-only
         try:
             os.rename(building, folder)  # atomic; fails when the folder exists and is not empty
         except OSError:

@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.cache import cached_pair
+from pipeline.cache import cached_pair, current_umask
 from pipeline.dataset import Dataset, Split
 
 PathLike = str | os.PathLike[str]
@@ -91,13 +91,17 @@ def stratified_split(
 # --------------------------------------------------------------------------- HDF5 I/O
 
 
-def read_split(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def read_split(
+    path: PathLike, split: str, images: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Read one split of a SIGNS-layout HDF5 file.
 
     Args:
         path: the HDF5 file.
         split: ``"train"`` or ``"test"``: reads ``{split}_set_x``, ``{split}_set_y``,
             ``list_classes`` and, if present, ``class_names``.
+        images: False checks the file the same way but leaves the images on disk: x comes
+            back empty, (0, n_H, n_W, n_C), its shape all it tells (for checks).
 
     Returns:
         ``(x, y, classes, class_names)``: x (m, n_H, n_W, n_C) uint8; y (m,) int64 INDICES
@@ -120,15 +124,18 @@ def read_split(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.n
         with h5py.File(path, "r") as f:
             present = sorted(f.keys())
 
-            def get(key: str) -> np.ndarray:
+            def get(key: str) -> h5py.Dataset:
                 if not isinstance(f.get(key), h5py.Dataset):
                     raise ValueError(
                         f"{path}: missing dataset {key!r} (a {split} file needs {needed}; "
                         f"keys present: {present})"
                     )
-                return np.asarray(f[key][()])
+                return f[key]
 
-            x, y_raw, classes = get(x_key), get(y_key), get("list_classes")
+            x_set, y_raw, classes = get(x_key), get(y_key)[()], get("list_classes")[()]
+            x_shape = x_set.shape
+            m = x_shape[0] if x_shape else 0
+            x = x_set[()] if images else np.empty((0, *x_set.shape[1:]), x_set.dtype)
             names = None
             if "class_names" in f:
                 ds = f["class_names"]
@@ -138,21 +145,21 @@ def read_split(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray, np.n
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 file ({err})") from err
 
-    if x.ndim != 4 or x.dtype != np.uint8:
+    if len(x_shape) != 4 or x.dtype != np.uint8:
         raise ValueError(
             f"{path}: {x_key!r} must be (m, n_H, n_W, n_C) uint8, "
-            f"got shape {x.shape} dtype {x.dtype}"
+            f"got shape {x_shape} dtype {x.dtype}"
         )
     if y_raw.ndim != 1 or not np.issubdtype(y_raw.dtype, np.integer):
         raise ValueError(
             f"{path}: {y_key!r} must be (m,) integer, got shape {y_raw.shape} dtype {y_raw.dtype}"
         )
     check_classes(classes, f"{path}: 'list_classes'")
-    if len(x) != len(y_raw):
+    if m != len(y_raw):
         raise ValueError(
-            f"{path}: {x_key!r} has {len(x)} examples but {y_key!r} has {len(y_raw)} labels"
+            f"{path}: {x_key!r} has {m} examples but {y_key!r} has {len(y_raw)} labels"
         )
-    if len(x) == 0:
+    if m == 0:
         raise ValueError(f"{path}: the {split} split is empty ({x_key!r} has 0 examples)")
 
     classes = classes.astype(np.int64)
@@ -243,6 +250,7 @@ def write_split(
                 f.create_dataset("class_names", data=names, dtype=h5py.string_dtype("utf-8"))
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's is owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -318,10 +326,11 @@ def split_validation(
 Read = tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]  # what read_split returns
 
 
-def read_pair(train_path: PathLike, test_path: PathLike) -> tuple[Read, Read]:
+def read_pair(train_path: PathLike, test_path: PathLike, images: bool = True) -> tuple[Read, Read]:
     """``read_split`` of a train and a test file that agree on the classes, their names and
     the image shape (n_H, n_W, n_C); a ValueError naming both files otherwise."""
-    train, test = read_split(train_path, "train"), read_split(test_path, "test")
+    train = read_split(train_path, "train", images)
+    test = read_split(test_path, "test", images)
     files = f"train file {Path(train_path).absolute()} and test file {Path(test_path).absolute()}"
     if not np.array_equal(train[2], test[2]) or train[3] != test[3]:
         raise ValueError(

@@ -5,8 +5,10 @@ config-group options it was composed from, the overrides as typed and the MLflow
 resumed run takes the saved config, not the command line's defaults, so no override needs
 repeating, and continues the same MLflow run. Overrides given with the resume may change
 only what leaves the run's meaning as it was (``RESUMABLE``: train longer, stop early
-differently, show progress, keep the caches elsewhere, record system metrics); any other
-difference is refused with each key (or config group) and its saved and given values.
+differently, show progress, keep the caches elsewhere, record system metrics, or go on
+without MLflow); any other difference is refused with each key (or config group) and its
+saved and given values. The data paths are saved absolute, so a resume from another
+working directory reads the same files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pipeline.checkpoint import read_state
 from pipeline.schemas import Config
 
 RESUMABLE = ("trainer.epochs", "trainer.patience", "trainer.progress", "data.cache_dir",
-             "tracking.system_metrics")
+             "tracking.system_metrics", "tracking.enabled")
+# Paths are kept absolute, so a resume from another working directory reads the same files.
+PATH_KEYS = ("root", "test_root", "train_path", "test_path", "cache_dir")
 ABSENT = "(absent)"
 
 
@@ -52,9 +56,18 @@ def run_record(cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[
     """What a checkpoint keeps of its run: the composed config (resolved), the option of
     each config group (Hydra's ``runtime.choices``, its own ``hydra/`` groups left out),
     the overrides as typed, and the MLflow run (``{"tracking_uri", "run_id"}``) or None."""
-    return {"config": OmegaConf.to_container(cfg, resolve=True),
+    return {"config": absolute_paths(OmegaConf.to_container(cfg, resolve=True)),
             "choices": group_choices(choices), "overrides": list(overrides),
             "mlflow": dict(mlflow) if mlflow else None}
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a container) with its ``data`` paths made absolute, in place."""
+    data = config.get("data", {})
+    for key in PATH_KEYS:
+        if data.get(key):
+            data[key] = str(Path(data[key]).absolute())
+    return config
 
 
 def group_choices(choices: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,6 +108,26 @@ def with_changes(overrides: Sequence[str], changes: Mapping[str, tuple[Any, Any]
     return kept + [f"{k}={typed(new)}" for k, (_, new) in changes.items()]
 
 
+def check_changes(changes: Mapping[str, tuple[Any, Any]], saved: Mapping[str, Any],
+                  done: int, path: Path) -> None:
+    """The allowed changes that still cannot be made: fewer epochs than done, more epochs
+    on a cosine schedule (which spans the run's epochs, so the coming epochs' learning
+    rates would jump), MLflow for a run that was not tracked."""
+    if "trainer.epochs" in changes:
+        epochs = changes["trainer.epochs"][1]
+        if epochs < done:
+            raise ValueError(
+                f"trainer.epochs={epochs}: {path} has {done} epochs done; give at least "
+                f"{done} (the saved run's is {saved['trainer.epochs']})")
+        if saved["trainer.lr_schedule"] == "cosine":
+            raise ValueError(
+                f"trainer.epochs={epochs}: the saved run's cosine schedule spans its "
+                f"{saved['trainer.epochs']} epochs, so a resume cannot change them")
+    if changes.get("tracking.enabled", (None, False))[1]:
+        raise ValueError("tracking.enabled=true: the saved run was not tracked, so there is "
+                         "no MLflow run to continue")
+
+
 def resumed_run(cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence[str],
                 default: DictConfig) -> Resumed | None:
     """The run that ``cfg.trainer.resume`` (an existing file) continues, with the config it
@@ -108,8 +141,10 @@ def resumed_run(cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence
     record = state.get("run")
     if record is None:
         return None
-    saved, given = leaves(record["config"]), leaves(OmegaConf.to_container(cfg, resolve=True))
-    asked = asked_keys(given, leaves(OmegaConf.to_container(default, resolve=True)), overrides)
+    saved = leaves(record["config"])
+    given = leaves(absolute_paths(OmegaConf.to_container(cfg, resolve=True)))
+    default_leaves = leaves(absolute_paths(OmegaConf.to_container(default, resolve=True)))
+    asked = asked_keys(given, default_leaves, overrides)
     changes = {k: (saved.get(k, ABSENT), given.get(k, ABSENT))
                for k in sorted(asked) if saved.get(k, ABSENT) != given.get(k, ABSENT)}
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE}
@@ -127,11 +162,7 @@ def resumed_run(cfg: DictConfig, choices: Mapping[str, Any], overrides: Sequence
             f"command changes {listed}. Leave these out (the checkpoint has the run's config); "
             f"a resume may change only {', '.join(RESUMABLE)}")
     done = len(state["history"]["records"])
-    epochs = changes.get("trainer.epochs", (None, saved["trainer.epochs"]))[1]
-    if epochs < done:
-        raise ValueError(
-            f"trainer.epochs={epochs}: {path} has {done} epochs done; give at least {done} "
-            f"(the saved run's is {saved['trainer.epochs']})")
+    check_changes(changes, saved, done, path)
     config = OmegaConf.merge(OmegaConf.structured(Config), record["config"])
     for key, (_, new) in changes.items():
         OmegaConf.update(config, key, new, merge=False)

@@ -6,7 +6,7 @@ of failing (or training on nothing) later.
 The splits are the ones the run will make, from the same labels in the same order with the
 same seed and ``load.stratified_split``: the digits' labels from scikit-learn's copy, an
 image folder's from its class folders' file lists (no image is decoded), a SIGNS pair's
-from the files themselves (which checks them, too).
+from the files (checked as the run reads them, the images left on disk).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def source_labels(d: Any) -> Labels:
         labels = [np.repeat(np.arange(len(names)), [len(c) for c in f]) for f in files]
         shape = (d.image_size, d.image_size, 3)  # every image is resized and made RGB
         return Labels(labels[0], labels[1] if test_root else None, names, shape)
-    train, test = read_pair(d.train_path, d.test_path)
+    train, test = read_pair(d.train_path, d.test_path, images=False)
     return Labels(train[1], test[1], train[3], train[0].shape[1:])
 
 

@@ -226,21 +226,23 @@ def train(
                 break
 
     m = len(train)
+    # Non-finite values are caught below and named (epoch, batch, learning rate); NumPy's own
+    # overflow warnings, one per layer and batch, would come before that line.
     for epoch in range(len(history.records) + 1, epochs + 1):
         if history.stopped_early:
             break
         start = time.perf_counter()
         optimizer.lr = schedule(epoch - 1)
         perm = rng.permutation(m)
-        loss_sum, correct = train_epoch(
-            net, optimizer, loss_fn, train, perm, batch_size, (epoch, epochs), progress
-        )
-
         val_loss = val_acc = None
-        if len(val):
-            where = f"train: validation after epoch {epoch}"
-            val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
-            val_acc = float(np.mean(preds == val.y))
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss_sum, correct = train_epoch(
+                net, optimizer, loss_fn, train, perm, batch_size, (epoch, epochs), progress
+            )
+            if len(val):
+                where = f"train: validation after epoch {epoch}"
+                val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
+                val_acc = float(np.mean(preds == val.y))
         record = EpochRecord(
             epoch=epoch,
             train_loss=loss_sum / m,

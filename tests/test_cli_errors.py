@@ -211,3 +211,29 @@ def test_help_names_the_command_and_only_real_options(tmp_path):
     assert proc.stdout.startswith("python -m pipeline: ") and "__main__" not in proc.stdout
     assert "\noptimizer: adam, momentum, sgd\n" in proc.stdout
     assert cli(tmp_path, "optimizer=adam_schema").returncode != 0  # not an option any more
+
+
+def test_a_diverged_training_is_one_line_with_the_hint(tmp_path):
+    proc = cli(tmp_path, "optimizer=sgd", "optimizer.lr=1e30", "trainer.epochs=2",
+               "tracking.enabled=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1  # NumPy's overflow warnings are not shown
+    assert proc.stderr.startswith("error: train: non-finite loss (NaN or inf) at epoch 1")
+    assert proc.stderr.rstrip().endswith("try a lower learning rate")
+
+
+def test_an_omegaconf_error_from_the_pipelines_own_code_keeps_its_traceback():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pipeline.__main__ import raised_by_a_bug
+    from pipeline.splits import check_split_plan
+
+    with pytest.raises(OmegaConfBaseException) as in_pipeline:  # a key the code expects
+        check_split_plan(OmegaConf.create({"name": "digits"}), 0, 1)
+    strict = OmegaConf.create({"a": 1})
+    OmegaConf.set_struct(strict, True)
+    with pytest.raises(OmegaConfBaseException) as elsewhere:
+        strict.b  # noqa: B018 (the access raises)
+    assert raised_by_a_bug(in_pipeline.value)
+    assert not raised_by_a_bug(elsewhere.value) and not raised_by_a_bug(ValueError())

@@ -6,6 +6,8 @@ same MLflow run to the metrics of a run that was never stopped."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,7 @@ def test_the_checkpoint_alone_gives_back_the_saved_run(tmp_path):
     resumed = resume(path)
     saved = make_cfg(*SAVED)
     saved.trainer.resume = str(path)
+    saved.data.cache_dir = str(Path("data").absolute())  # paths are kept absolute
     assert resumed.config == saved  # every key, not only those the overrides named
     assert resumed.overrides == list(SAVED) and resumed.changes == {}
     assert resumed.epochs_done == 2 and len(resumed.records) == 2
@@ -174,3 +177,66 @@ def test_a_resume_from_the_checkpoint_alone_continues_the_same_mlflow_run(tmp_pa
     assert changed.returncode == 1 and changed.stderr.count("\n") == 1, changed.stderr
     assert "model.pool_mode: saved 'average', given 'max'" in changed.stderr
     assert len(client.search_runs([info[0]["experiment_id"]])) == 1
+
+
+def test_a_cosine_schedule_keeps_its_epochs(tmp_path):
+    path = checkpoint(tmp_path, *SAVED, "trainer.lr_schedule=cosine")
+    with pytest.raises(ValueError, match="cosine schedule spans its 4 epochs, so a resume "
+                                         "cannot change them"):
+        resume(path, "trainer.epochs=9")
+    assert resume(path, "trainer.patience=2").config.trainer.epochs == 4
+
+
+def test_a_resume_may_go_on_without_mlflow_but_not_start_it(tmp_path):
+    tracked = checkpoint(tmp_path, *SAVED, mlflow={"tracking_uri": "sqlite:///x.db",
+                                                   "run_id": "r1"})
+    assert resume(tracked, "tracking.enabled=false").config.tracking.enabled is False
+    (tmp_path / "untracked").mkdir()
+    untracked = checkpoint(tmp_path / "untracked", *SAVED, "tracking.enabled=false")
+    with pytest.raises(ValueError, match="the saved run was not tracked"):
+        resume(untracked, "tracking.enabled=true")
+
+
+def test_data_paths_are_saved_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = checkpoint(tmp_path, *SAVED, "data.cache_dir=cache")
+    monkeypatch.chdir(tmp_path.parent)  # a resume from elsewhere reads the same cache
+    resumed = resume(path)
+    assert resumed.config.data.cache_dir == str(tmp_path / "cache")
+    assert resume(path, f"data.cache_dir={tmp_path / 'cache'}").changes == {}
+
+
+def test_an_interrupted_resume_before_its_first_epoch_points_at_its_checkpoint(tmp_path):
+    from pipeline.__main__ import interrupted_line
+
+    path = checkpoint(tmp_path, *SAVED)
+    line = interrupted_line("Ctrl-C", tmp_path / "new_run", str(path))
+    assert line.startswith(f"Ctrl-C: the last finished epoch is saved in {path}; resume: ")
+    assert line.endswith(f" -m pipeline trainer.resume={path}")
+    assert "nothing to resume" in interrupted_line("Ctrl-C", tmp_path / "new_run", None)
+
+
+def test_a_run_left_running_by_a_dead_process_is_continued_and_loses_its_error(tmp_path):
+    saved = ("seed=1", "trainer.epochs=2", "trainer.progress=false",
+             f"data.cache_dir={tmp_path / 'data'}")
+    assert cli(tmp_path, *saved, f"hydra.run.dir={tmp_path / 'first'}").returncode == 0
+    info = json.loads((tmp_path / "first" / "mlflow_run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    run_id, ckpt = info["run_id"], tmp_path / "first" / "checkpoints" / "last.npz"
+    client.update_run(run_id, status="RUNNING")  # as a crash that took the watchdog along
+    client.set_tag(run_id, "error", "the pipeline process ended without ending its run")
+
+    client.set_tag(run_id, "process", f"{socket.gethostname()}:{os.getpid()}")  # alive
+    alive = cli(tmp_path, f"trainer.resume={ckpt}", "trainer.epochs=3")
+    assert alive.returncode == 1 and alive.stderr.count("\n") == 1, alive.stderr
+    assert f"run {run_id} is still RUNNING in process" in alive.stderr
+    assert "set_terminated" in alive.stderr
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    client.set_tag(run_id, "process", f"{socket.gethostname()}:{dead}")
+    resumed = cli(tmp_path, f"trainer.resume={ckpt}", "trainer.epochs=3")
+    assert resumed.returncode == 0, resumed.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert run.data.tags["overrides"].endswith("trainer.epochs=3")

@@ -51,6 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.dataset import Dataset, Split
 from pipeline.tracking import names
+from pipeline.tracking.continued import PROCESS_TAG, process_tag, resumable_run
 from pipeline.tracking.store import (
     DESCRIPTION_TAG,
     MAX_TAG_LENGTH,
@@ -163,6 +164,7 @@ class Tracker:
         client, experiment_id, name = _run_place(cfg, overrides, parent, out_dir)
         tags = {"dataset": names.dataset_label(cfg.data), "overrides": " ".join(overrides),
                 "output_dir": str(out_dir.resolve()), **names.source_tags(),
+                PROCESS_TAG: process_tag(),
                 DESCRIPTION_TAG: names.run_description(overrides, out_dir)}
         if parent is not None:
             tags[PARENT_TAG] = parent.run_id
@@ -182,25 +184,9 @@ class Tracker:
         _mlflow_settings()
         uri, run_id = resumed.mlflow["tracking_uri"], resumed.mlflow["run_id"]
         client = open_store(uri)
-        try:
-            with quiet_mlflow():
-                run = client.get_run(run_id)
-                logged = {m.step for m in client.get_metric_history(
-                    run_id, names.EPOCH_METRICS["train_loss"])}
-        except Exception as e:
-            raise TrackingError(f"MLflow store {uri}: cannot continue run {run_id} of "
-                                f"{resumed.checkpoint}: {one_line(e)}") from None
-        if run.info.lifecycle_stage != "active" or run.info.status == "RUNNING":
-            state = "deleted" if run.info.lifecycle_stage != "active" else "still RUNNING"
-            raise TrackingError(
-                f"MLflow store {uri}: run {run_id} of {resumed.checkpoint} is {state}; a "
-                "resume continues a run that has ended (KILLED, FAILED or FINISHED)")
-        if max(logged, default=0) > resumed.epochs_done:  # resumed before, from here
-            later = Path(run.data.tags.get("output_dir", "?")) / "checkpoints" / "last.npz"
-            raise ValueError(
-                f"trainer.resume={resumed.checkpoint}: its MLflow run {run_id} went on to "
-                f"epoch {max(logged)} after this checkpoint's {resumed.epochs_done}; resume "
-                f"from its latest checkpoint, {later}")
+        run, logged = resumable_run(client, run_id, resumed)
+        if run.data.tags.get(PARENT_TAG):  # a sweep's child: its sweep registers models
+            register_as = None
         watchdog = Watchdog.start(uri, run_id, out_dir)
         info = {"run_id": run_id, "run_name": run.info.run_name,
                 "experiment_id": run.info.experiment_id,
@@ -271,9 +257,13 @@ class Tracker:
             description = "\n\n".join(filter(None, [run.data.tags.get(DESCRIPTION_TAG), note]))
             mlflow.set_tags({"resumed": resumed.describe()[:MAX_TAG_LENGTH],
                              "output_dir": str(self.out_dir.resolve()),
+                             "overrides": " ".join(resumed.overrides),
+                             PROCESS_TAG: process_tag(),
                              DESCRIPTION_TAG: description[:MAX_TAG_LENGTH]})
-            if resumed.changes:  # the name shows the overrides: the changed ones too
-                self.info["run_name"] = names.run_name(cfg, resumed.overrides)
+            if "error" in run.data.tags:  # how the run stopped, past now
+                client.delete_tag(self.run_id, "error")
+            if resumed.changes and not run.data.tags.get(PARENT_TAG):  # a child keeps its
+                self.info["run_name"] = names.run_name(cfg, resumed.overrides)  # swept name
                 client.update_run(self.run_id, name=self.info["run_name"])
             for record in resumed.records:
                 if record["epoch"] not in logged:
