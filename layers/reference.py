@@ -45,7 +45,7 @@ def zero_pad(X: np.ndarray, pad: int) -> np.ndarray:
     return np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="constant", constant_values=0)
 
 
-def conv_single_step(a_slice_prev: np.ndarray, W: np.ndarray, b: np.ndarray) -> float:
+def conv_single_step(a_slice_prev: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.float64:
     """Apply one filter to one slice of the previous activation.
 
     ``Z = sum(a_slice_prev * W) + b`` (elementwise product, summed over all entries).
@@ -56,11 +56,11 @@ def conv_single_step(a_slice_prev: np.ndarray, W: np.ndarray, b: np.ndarray) -> 
         b: that filter's bias, shape ``(1, 1, 1)``.
 
     Returns:
-        Z, a Python float.
+        Z, a NumPy float64 (as the course's own test requires).
     """
     s = a_slice_prev * W
-    Z = np.sum(s) + float(np.asarray(b).item())  # .item(): float() of a 3-D array is deprecated
-    return float(Z)
+    Z = np.sum(s) + np.asarray(b).item()  # .item(): float() of a 3-D array is deprecated
+    return np.float64(Z)
 
 
 def conv_forward(

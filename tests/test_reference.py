@@ -77,6 +77,17 @@ def test_conv_single_step_matches_sum_of_product():
     assert conv_single_step(a, W, b) == pytest.approx(np.sum(a * W) + b[0, 0, 0], rel=1e-12)
 
 
+def test_conv_single_step_passes_the_courses_own_test():
+    course = np.random.RandomState(1)  # the course's np.random.seed(1) stream, on purpose
+    a_slice_prev = course.randn(4, 4, 3)
+    W = course.randn(4, 4, 3)
+    b = course.randn(1, 1, 1)
+    Z = conv_single_step(a_slice_prev, W, b)
+    assert type(Z) is np.float64
+    assert np.isclose(Z, -6.999089450680221)
+    assert type(conv_single_step(a_slice_prev.astype(np.float32), W, b)) is np.float64
+
+
 # ------------------------------------------------------------------------------ conv_forward
 
 
