@@ -31,8 +31,7 @@ import numpy as np
 from layers.base import Layer, Shape, check_positive_int
 from layers.im2col import output_size
 from layers.parallel import over_batch
-
-POOL_MODES = ("max", "average")
+from layers.reference import POOL_MODES  # the specification's modes, each implemented here
 
 
 class Pool2D(Layer):

@@ -20,6 +20,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from layers.im2col import is_valid_pad
+from layers.pool import POOL_MODES
+from pipeline.normalize import METHODS as NORMALIZE_METHODS
+from pipeline.train import SCHEDULES
 
 # -- data ----------------------------------------------------------------------------------
 
@@ -147,7 +150,12 @@ LAYER_SPECS: dict[str, type] = {
     "dropout": DropoutSpec,
 }
 MODEL_KEYS = ("name", "pool_mode", "augment_shift")
-POOL_MODES = ("max", "average")
+DTYPES = ("float32", "float64")
+
+
+def one_of(values: tuple[str, ...]) -> str:
+    """``("a", "b", "c")`` -> ``a, b or c``."""
+    return " or ".join([", ".join(values[:-1]), values[-1]] if len(values) > 1 else values)
 
 
 @dataclass
@@ -261,8 +269,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
         ("optimizer", o, optimizer_schema), ("tracking", cfg.tracking, TrackingConfig),
     ):
         _check_keys(key, node, schema)
-    _require(cfg.dtype in ("float32", "float64"), "dtype", "must be float32 or float64",
-             cfg.dtype)
+    _require(cfg.dtype in DTYPES, "dtype", f"must be {one_of(DTYPES)}", cfg.dtype)
     _require(cfg.seed >= 0, "seed", "must be an integer >= 0", cfg.seed)
     _require(d.name in ("digits", "signs", "image_folder"), "data.name",
              "must be digits, signs or image_folder", d.name)
@@ -272,8 +279,8 @@ def validate(cfg: DictConfig) -> ModelSpec:
              d.val_fraction)
     _require(0.0 < d.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)",
              d.test_fraction)
-    _require(d.normalize in ("scale", "standardize"), "data.normalize",
-             "must be scale or standardize", d.normalize)
+    _require(d.normalize in NORMALIZE_METHODS, "data.normalize",
+             f"must be {one_of(NORMALIZE_METHODS)}", d.normalize)
     if d.name == "image_folder" and not d.root:
         raise ValueError("data.root is required with data=image_folder: add data.root=DIR")
     _require(o.lr > 0, "optimizer.lr", "must be > 0", o.lr)
@@ -281,8 +288,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
     _require(t.epochs >= 1, "trainer.epochs", "must be >= 1", t.epochs)
     _require(t.batch_size >= 1, "trainer.batch_size", "must be >= 1", t.batch_size)
     _require(t.patience >= 0, "trainer.patience", "must be >= 0", t.patience)
-    _require(t.lr_schedule in ("constant", "step", "exponential", "cosine"),
-             "trainer.lr_schedule", "must be constant, step, exponential or cosine",
+    _require(t.lr_schedule in SCHEDULES, "trainer.lr_schedule", f"must be {one_of(SCHEDULES)}",
              t.lr_schedule)
     _require(t.patience == 0 or d.val_fraction > 0, "trainer.patience",
              "needs a validation split (data.val_fraction > 0)", t.patience)
