@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

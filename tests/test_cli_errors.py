@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.load import write_split
 from tests.support import pipeline_env, wait_for
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 QUICK = ("trainer.progress=false",)
 
 

@@ -167,6 +167,7 @@ def test_a_folder_of_one_class_is_refused(tmp_path: Path) -> None:
         image_folder_to_h5(root, tmp_path / "out", image_size=4, test_fraction=0.5, seed=0)
 
 
+@pytest.mark.slow
 def test_a_folder_of_16_bit_and_palette_images_trains_on_the_pixels_they_show(tmp_path):
     """Through the CLI: the run's cache holds the images as seen, not clipped to white."""
     ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))  # dark to light

@@ -15,6 +15,8 @@ from pipeline.imagefolder import image_folder_to_h5
 from pipeline.load import read_split
 from tests.support import SHARED_DATA, make_image_folder, pipeline_env
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 SIGN_DIGITS = SHARED_DATA / "sign-language-digits"
 
 

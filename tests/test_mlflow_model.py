@@ -31,6 +31,8 @@ from pipeline.mlflow_model import (  # noqa: E402
     log_pyfunc_model,
 )
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_TIMEOUT = 90  # seconds for `mlflow models serve` to answer /ping
 

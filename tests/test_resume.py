@@ -138,6 +138,7 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_resume_from_the_checkpoint_alone_continues_the_same_mlflow_run(tmp_path):
     saved = ("seed=3", "model.pool_mode=average", "trainer.epochs=2", "trainer.progress=false",
              f"data.cache_dir={tmp_path / 'data'}")
@@ -216,6 +217,7 @@ def test_an_interrupted_resume_before_its_first_epoch_points_at_its_checkpoint(t
     assert "nothing to resume" in interrupted_line("Ctrl-C", tmp_path / "new_run", None)
 
 
+@pytest.mark.slow
 def test_a_run_left_running_by_a_dead_process_is_continued_and_loses_its_error(tmp_path):
     saved = ("seed=1", "trainer.epochs=2", "trainer.progress=false",
              f"data.cache_dir={tmp_path / 'data'}")

@@ -24,6 +24,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from pipeline import report  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("trainer.epochs=2", "trainer.progress=false")
 

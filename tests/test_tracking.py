@@ -30,6 +30,8 @@ from pipeline.tracking.store import (  # noqa: E402
 )
 from tests.support import make_cfg, make_image_folder, pipeline_env, wait_for  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
+
 QUICK = ("trainer.progress=false",)
 
 
