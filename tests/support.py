@@ -47,8 +47,11 @@ def make_image_folder(
 
 def pipeline_env(**extra: str) -> dict[str, str]:
     """The environment for ``python -m pipeline`` in a subprocess: this checkout first on
-    the path, no GUI backend, no tracking URI from the caller's shell."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    the path, this environment's scripts first on PATH (``mlflow models serve`` runs
+    ``uvicorn`` by name), no GUI backend, no tracking URI from the caller's shell."""
+    scripts = str(Path(sys.executable).parent)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
+           "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return {**env, **extra}
 

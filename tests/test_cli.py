@@ -5,13 +5,14 @@ Also from outside the repository, where the configs come from the installed pack
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.support import pipeline_env
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(
     tmp_path: Path, *overrides: str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    env = pipeline_env()
     flags = [o for o in overrides if o.startswith("-")]  # e.g. -m (multirun) goes first
     args = [
         sys.executable, "-m", "pipeline", *flags,

@@ -30,6 +30,7 @@ from pipeline.mlflow_model import (  # noqa: E402
     as_images,
     log_pyfunc_model,
 )
+from tests import support  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -38,16 +39,8 @@ SERVER_TIMEOUT = 90  # seconds for `mlflow models serve` to answer /ping
 
 
 def pipeline_env(tracking_uri: str) -> dict[str, str]:
-    """The environment for subprocesses: the repo importable, the venv's scripts on PATH
-    (``mlflow models serve`` execs ``uvicorn`` by name), the throwaway tracking store."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MPLBACKEND": "Agg",
-    }
+    """``support.pipeline_env`` with the throwaway tracking store."""
+    return support.pipeline_env(MLFLOW_TRACKING_URI=tracking_uri)
 
 
 @pytest.fixture(scope="module")

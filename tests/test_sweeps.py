@@ -23,6 +23,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline import report  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
+from tests.support import pipeline_env  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -31,10 +32,7 @@ QUICK = ("trainer.epochs=2", "trainer.progress=false")
 
 
 def sweep_cmd(tmp_path: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
-    env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    env = pipeline_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     args = [
         sys.executable, "-m", "pipeline", "-m", f"data.cache_dir={tmp_path / 'data'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUICK, *overrides,
@@ -109,7 +107,7 @@ def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launche
     printed = subprocess.run(
         [sys.executable, "-m", "pipeline.report", parent.info.run_id,
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path, env=pipeline_env(),
         capture_output=True, text=True, timeout=120,
     )
     assert printed.returncode == 0, printed.stderr
@@ -256,7 +254,7 @@ def test_an_unreachable_server_stops_the_sweep_before_any_job(tmp_path):
 
 
 def test_the_report_names_what_it_cannot_find(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = pipeline_env()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     missing = subprocess.run(
         [sys.executable, "-m", "pipeline.report", "--tracking-uri", uri],
