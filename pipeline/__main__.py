@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Optimizer, make_optimizer
-from pipeline import evaluate, imagefolder, load, train
+from pipeline import evaluate, load, train
 from pipeline.checkpoint import CHECKPOINT, read_checkpoint
 from pipeline.dataset import Dataset, Split
 from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
@@ -40,6 +40,7 @@ from pipeline.model import build_network, memory_needed
 from pipeline.normalize import Normalizer
 from pipeline.resume import Resumed, resumed_run, run_record
 from pipeline.schemas import ModelSpec, register_configs, validate
+from pipeline.sources import SOURCES
 from pipeline.splits import check_split_plan
 from pipeline.sweep import current_parent, job_started_at
 from pipeline.tracking.names import command, shell_path
@@ -59,23 +60,6 @@ atexit.register(gc.freeze)
 def say(message: str) -> None:
     """A stage summary: on the console and in the run's log file (Hydra's job logging)."""
     log.info(message)
-
-
-def data_files(cfg: DictConfig) -> tuple[Path, Path]:
-    """The train and test HDF5 files for ``cfg.data``, generating them when needed."""
-    d = cfg.data
-    if d.name == "digits":
-        return load.digits_to_h5(Path(d.cache_dir), seed=cfg.seed, test_fraction=d.test_fraction)
-    if d.name == "image_folder":
-        return imagefolder.image_folder_to_h5(
-            Path(d.root),
-            Path(d.cache_dir),
-            image_size=d.image_size,
-            test_fraction=d.test_fraction,
-            seed=cfg.seed,
-            test_root=Path(d.test_root) if d.test_root else None,
-        )
-    return Path(d.train_path), Path(d.test_path)
 
 
 # The schedule's arguments as config keys, for its errors.
@@ -127,14 +111,11 @@ def checked(cfg: DictConfig) -> Checked:
     if t.resume:
         require_path("trainer.resume", t.resume, file=True, hint="a run's checkpoints/last.npz")
         read_checkpoint(Path(t.resume))
-    if d.name == "image_folder":
-        require_path("data.root", d.root, file=False, hint="DIR/<class name>/<image>")
-        if d.test_root:
-            require_path("data.test_root", d.test_root, file=False, hint="like data.root")
-    if d.name == "signs":
-        for key in ("train_path", "test_path"):
-            require_path(f"data.{key}", d[key], file=True, hint="an HDF5 file, SIGNS layout")
-    if d.name != "signs":
+    source = SOURCES[d.name]
+    for path in source.paths:
+        if path.required or d[path.key]:
+            require_path(f"data.{path.key}", d[path.key], path.file, path.holds)
+    if source.generated:
         require_writable("data.cache_dir", d.cache_dir, "where generated HDF5 files are kept")
     check_split_plan(d, cfg.seed, t.batch_size)  # from the labels: every class in every split
     return Checked(spec, optimizer, schedule)
@@ -213,7 +194,7 @@ def stages(cfg: DictConfig, plan: Checked, out_dir: Path, tracker: Tracker,
     d, spec = cfg.data, plan.spec
     input_shape = (d.image_size, d.image_size, d.channels)
     t0 = time.perf_counter()
-    train_path, test_path = data_files(cfg)
+    train_path, test_path = SOURCES[d.name].pair(d, cfg.seed)
     data = load.load_dataset(
         name=d.name, train_path=train_path, test_path=test_path,
         val_fraction=d.val_fraction, seed=cfg.seed,

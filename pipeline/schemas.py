@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from layers.im2col import is_valid_pad
 from layers.pool import POOL_MODES
 from pipeline.normalize import METHODS as NORMALIZE_METHODS
+from pipeline.sources import SOURCES
 from pipeline.train import SCHEDULES
 
 # -- data ----------------------------------------------------------------------------------
@@ -271,8 +272,7 @@ def validate(cfg: DictConfig) -> ModelSpec:
         _check_keys(key, node, schema)
     _require(cfg.dtype in DTYPES, "dtype", f"must be {one_of(DTYPES)}", cfg.dtype)
     _require(cfg.seed >= 0, "seed", "must be an integer >= 0", cfg.seed)
-    _require(d.name in ("digits", "signs", "image_folder"), "data.name",
-             "must be digits, signs or image_folder", d.name)
+    _require(d.name in SOURCES, "data.name", f"must be {one_of(tuple(SOURCES))}", d.name)
     _require(d.image_size >= 1, "data.image_size", "must be >= 1", d.image_size)
     _require(d.channels >= 1, "data.channels", "must be >= 1", d.channels)
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)",
@@ -281,8 +281,6 @@ def validate(cfg: DictConfig) -> ModelSpec:
              d.test_fraction)
     _require(d.normalize in NORMALIZE_METHODS, "data.normalize",
              f"must be {one_of(NORMALIZE_METHODS)}", d.normalize)
-    if d.name == "image_folder" and not d.root:
-        raise ValueError("data.root is required with data=image_folder: add data.root=DIR")
     _require(o.lr > 0, "optimizer.lr", "must be > 0", o.lr)
     _require(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", o.weight_decay)
     _require(t.epochs >= 1, "trainer.epochs", "must be >= 1", t.epochs)

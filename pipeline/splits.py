@@ -4,46 +4,20 @@ cannot work (or an image size the data does not have) is refused naming its key 
 of failing (or training on nothing) later.
 
 The splits are the ones the run will make, from the same labels in the same order with the
-same seed and ``load.stratified_split``: the digits' labels from scikit-learn's copy, an
-image folder's from its class folders' file lists (no image is decoded), a SIGNS pair's
-from the files (checked as the run reads them, the images left on disk).
+same seed and ``load.stratified_split``; each source gives its labels (``sources``): the
+digits' from scikit-learn's copy, an image folder's from its class folders' file lists (no
+image is decoded), a SIGNS pair's from the files (checked as the run reads them, the
+images left on disk).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from pipeline import imagefolder
-from pipeline.load import read_pair, stratified_split
-
-
-class Labels(NamedTuple):
-    """What the split plan needs of a data set: labels and the image shape, no images."""
-
-    source: np.ndarray  # (m,) class indices of the images the run splits
-    test: np.ndarray | None  # (m_test,) those of its own test set; None: the run splits one
-    class_names: list[str]
-    image_shape: tuple[int, int, int]  # (n_H, n_W, n_C) of the images the run reads
-
-
-def source_labels(d: Any) -> Labels:
-    """The labels of the data set that ``d`` (the ``data`` config) names."""
-    if d.name == "digits":
-        from sklearn.datasets import load_digits  # its 8x8 copy: read in a few ms
-
-        y = load_digits().target.astype(np.int64)
-        return Labels(y, None, [str(c) for c in range(10)], (8, 8, 1))
-    if d.name == "image_folder":
-        test_root = Path(d.test_root) if d.test_root else None
-        names, files = imagefolder.scan_pair(Path(d.root), test_root)
-        labels = [np.repeat(np.arange(len(names)), [len(c) for c in f]) for f in files]
-        shape = (d.image_size, d.image_size, 3)  # every image is resized and made RGB
-        return Labels(labels[0], labels[1] if test_root else None, names, shape)
-    train, test = read_pair(d.train_path, d.test_path, images=False)
-    return Labels(train[1], test[1], train[3], train[0].shape[1:])
+from pipeline.load import stratified_split
+from pipeline.sources import SOURCES
 
 
 def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -51,7 +25,7 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray
     naming the key when the images are not of the size ``d`` says, a class would have no
     image in a split, or ``batch_size`` exceeds the training images. ``d``: the ``data``
     config."""
-    labels, test, names, shape = source_labels(d)
+    labels, test, names, shape = SOURCES[d.name].labels(d)
     if tuple(shape) != (d.image_size, d.image_size, d.channels):
         raise ValueError(
             f"data: the images are {'x'.join(map(str, shape))} but the config says "
