@@ -101,12 +101,13 @@ def save_checkpoint(
         raise
 
 
-def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the checkpoint at ``path``; a ValueError naming the path when it is
-    not a readable training checkpoint (truncated, random bytes, a weights-only file)."""
+def read_checkpoint(path: Path, only_state: bool = False) -> dict[str, np.ndarray]:
+    """Every array of the checkpoint at ``path`` (``only_state``: its ``state`` alone); a
+    ValueError naming the path when it is not a readable training checkpoint (truncated,
+    random bytes, a weights-only file)."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            found = {k: f[k] for k in f.files}
+            found = {k: f[k] for k in f.files if k == "state" or not only_state}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot resume from {path}: not a readable checkpoint "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -120,9 +121,9 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """The checkpoint's ``state`` (history, settings, ``run``; no arrays); a ValueError
-    naming the path when it is not a readable training checkpoint."""
-    return _state(read_checkpoint(path), path)
+    """The checkpoint's ``state`` (history, settings, ``run``; the arrays left unread); a
+    ValueError naming the path when it is not a readable training checkpoint."""
+    return _state(read_checkpoint(path, only_state=True), path)
 
 
 def _state(found: dict[str, np.ndarray], path: Path) -> dict[str, Any]:

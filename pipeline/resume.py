@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.checkpoint import read_state
 from pipeline.schemas import Config
+from pipeline.tracking.names import leaves
 
 RESUMABLE = ("trainer.epochs", "trainer.patience", "trainer.progress", "data.cache_dir",
              "tracking.system_metrics", "tracking.enabled")
@@ -73,16 +74,6 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
 def group_choices(choices: Mapping[str, Any]) -> dict[str, Any]:
     """``{"model": "digits_cnn", "experiment": None, ...}``: the pipeline's config groups."""
     return {str(k): v for k, v in choices.items() if not str(k).startswith("hydra")}
-
-
-def leaves(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"conv1": {"f": 4}}}`` -> ``{"model.conv1.f": 4}``."""
-    if isinstance(config, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in config.items():
-            out.update(leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): config}
 
 
 def asked_keys(given: dict[str, Any], default: dict[str, Any],

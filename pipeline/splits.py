@@ -20,11 +20,10 @@ from pipeline.load import stratified_split
 from pipeline.sources import SOURCES
 
 
-def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray]:
-    """The images per class (K,) of each split, ``{"train", "val", "test"}``; ValueError
-    naming the key when the images are not of the size ``d`` says, a class would have no
-    image in a split, or ``batch_size`` exceeds the training images. ``d``: the ``data``
-    config."""
+def check_split_plan(d: Any, seed: int, batch_size: int) -> None:
+    """ValueError naming the key when the images are not of the size ``d`` (the ``data``
+    config) says, a class would have no image in the train, validation or test split, or
+    ``batch_size`` exceeds the training images."""
     labels, test, names, shape = SOURCES[d.name].labels(d)
     if tuple(shape) != (d.image_size, d.image_size, d.channels):
         raise ValueError(
@@ -34,11 +33,10 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray
     if len(np.unique(labels)) < 2:
         raise ValueError(f"data: every training image is of one class ({names[labels[0]]}); "
                          "a classifier needs at least two")
-    if test is None:
-        kept, held = split_or_say(labels, names, d.test_fraction, seed, "data.test_fraction",
-                                  "test")
-        labels, test = labels[kept], labels[held]
-    val = labels[:0]
+    splits_test = test is None  # else the source has its own test set
+    if splits_test:
+        kept, _ = split_or_say(labels, names, d.test_fraction, seed, "data.test_fraction", "test")
+        labels = labels[kept]
     if d.val_fraction > 0:
         per_class = np.bincount(labels, minlength=k)
         if per_class.min() < 2:
@@ -48,17 +46,15 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> dict[str, np.ndarray
                      "train on and one to validate")
             raise ValueError(
                 f"data.test_fraction={d.test_fraction} leaves too few to train on: {has}, and "
-                f"{needs}" if d.name != "signs" and not d.get("test_root") else
+                f"{needs}" if splits_test else
                 f"data.val_fraction={d.val_fraction}: {has}; {needs} (or set it to 0)")
-        kept, held = split_or_say(labels, names, d.val_fraction, seed, "data.val_fraction",
-                                  "validation")
-        labels, val = labels[kept], labels[held]
+        kept, _ = split_or_say(labels, names, d.val_fraction, seed, "data.val_fraction",
+                               "validation")
+        labels = labels[kept]
     if batch_size > len(labels):
         raise ValueError(
             f"trainer.batch_size={batch_size} is more than the {len(labels)} training images; "
             f"give at most {len(labels)} (one batch per epoch)")
-    return {split: np.bincount(y, minlength=k)
-            for split, y in (("train", labels), ("val", val), ("test", test))}
 
 
 def split_or_say(labels: np.ndarray, names: list[str], fraction: float, seed: int, key: str,

@@ -144,18 +144,24 @@ def sweep_run_name(cfg: Any, swept_keys: Iterable[str]) -> str:
     return f"sweep · {dataset_label(cfg.data)} · {keys}"[:MAX_NAME]
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, str]:
+def leaves(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"conv1": {"f": 4}}}`` -> ``{"model.conv1.f": 4}``."""
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for k, v in config.items():
+            out.update(leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): config}
+
+
+def flatten(config: Any) -> dict[str, str]:
     """``{"model": {"conv1": {"f": 4}}}`` -> ``{"model.conv1.f": "4"}``, within MLflow's
     length limit for values."""
-    if isinstance(config, dict):
-        out: dict[str, str] = {}
-        for k, v in config.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    text = str(config)
-    if len(text) > MAX_PARAM_LENGTH:
-        text = text[: MAX_PARAM_LENGTH - 15] + "...[truncated]"
-    return {prefix.rstrip("."): text}
+    def text(value: Any) -> str:
+        s = str(value)
+        return s if len(s) <= MAX_PARAM_LENGTH else s[: MAX_PARAM_LENGTH - 15] + "...[truncated]"
+
+    return {k: text(v) for k, v in leaves(config).items()}
 
 
 @functools.cache
