@@ -19,7 +19,7 @@ One epoch = one pass over the 1,752 images in a fresh shuffled order, in mini-ba
 cross-entropy, backward, Adam step (lr 1e-3), the loss read back as a float and the correct
 predictions counted. Validation is not part of it.
 
-* ours: ``pipeline.train.train_epoch``, the loop that ``python -m pipeline`` runs.
+* ours: ``pipeline.training.train.train_epoch``, the loop that ``python -m pipeline`` runs.
 * torch: the same layer stack translated layer by layer into ``nn.Sequential`` on NCHW
   tensors (Conv2D -> ZeroPad2d with our (top, bottom, left, right) padding + Conv2d, Pool2D
   -> MaxPool2d/AvgPool2d, ReLU, Dropout, Flatten, Dense -> Linear), torch's default init,
@@ -46,13 +46,13 @@ from hydra import compose, initialize_config_module
 from bench.layers_bench import blas_threads, fmt_r, limit_threads, print_threads
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Adam
-from pipeline.dataset import Split
-from pipeline.imagefolder import image_folder_to_h5
-from pipeline.load import load_dataset
-from pipeline.model import build_network
-from pipeline.normalize import Normalizer
-from pipeline.schemas import register_configs, validate
-from pipeline.train import train_epoch
+from pipeline.config.schema import register_configs, validate
+from pipeline.data.dataset import Split
+from pipeline.data.imagefolder import image_folder_to_h5
+from pipeline.data.load import load_dataset
+from pipeline.data.normalize import Normalizer
+from pipeline.training.model import build_network
+from pipeline.training.train import train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"signs_cnn": 1.5}  # model: ours/torch epoch time to stay within

@@ -95,7 +95,7 @@ run_id = client.create_run(experiment_id).info.run_id
 mlflow.set_tracking_uri(sys.argv[1])
 mlflow.start_run(run_id=run_id)
 step("start a run")
-from pipeline.mlflow_model import log_pyfunc_model
+from pipeline.serving.mlflow_model import log_pyfunc_model
 log_pyfunc_model(sys.argv[2], sys.argv[3])
 step("log the model")
 mlflow.end_run()

@@ -32,21 +32,22 @@ from omegaconf.errors import OmegaConfBaseException
 from layers.base import HyperparameterError
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Optimizer, make_optimizer
-from pipeline import evaluate, load, train
-from pipeline.checkpoint import CHECKPOINT, read_checkpoint
-from pipeline.dataset import Dataset, Split
-from pipeline.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
-from pipeline.model import build_network, memory_needed
-from pipeline.normalize import Normalizer
-from pipeline.resume import Resumed, resumed_run, run_record
-from pipeline.schemas import ModelSpec, register_configs, validate
-from pipeline.sources import SOURCES
-from pipeline.splits import check_split_plan
-from pipeline.sweep import current_parent, job_started_at
+from pipeline.config.resume import Resumed, resumed_run, run_record
+from pipeline.config.schema import ModelSpec, register_configs, validate
+from pipeline.data import load
+from pipeline.data.dataset import Dataset, Split
+from pipeline.data.normalize import Normalizer
+from pipeline.data.sources import SOURCES
+from pipeline.data.splits import check_split_plan
+from pipeline.serving.inference import NORMALIZER_FILE, WEIGHTS_FILE, save_model_card
 from pipeline.tracking.names import command, shell_path
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent, TrackingError
+from pipeline.tracking.sweep import current_parent, job_started_at
 from pipeline.tracking.watchdog import interrupt_on_sigterm
+from pipeline.training import evaluate, train
+from pipeline.training.checkpoint import CHECKPOINT, read_checkpoint
+from pipeline.training.model import build_network, memory_needed
 
 log = logging.getLogger("pipeline")
 

@@ -1,11 +1,11 @@
 """``python -m pipeline.make_h5 ROOT``: write an image folder as a SIGNS-layout pair of HDF5
 files, the layout ``data=signs`` reads (``train_set_x``, ``train_set_y``, ``list_classes``;
-``test_set_x``, ...; see ``pipeline.load``).
+``test_set_x``, ...; see ``pipeline.data.load``).
 
 ROOT holds one folder per class (``ROOT/<class name>/<image>``). Every image is converted
 to 8-bit RGB and resized to ``--image-size``; a stratified, seeded ``--test-fraction`` of
 them becomes the test file, unless ``--test-root`` gives a test folder of its own. The
-files are written as ``pipeline.imagefolder.write_image_folder`` writes them, each in one
+files are written as ``pipeline.data.imagefolder.write_image_folder`` writes them, each in one
 step (a reader never sees half a file). An existing file is kept unless ``--force``.
 
     python -m pipeline.make_h5 ../shared/data/sign-language-digits
@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.imagefolder import write_image_folder
-from pipeline.load import read_split
+from pipeline.data.imagefolder import write_image_folder
+from pipeline.data.load import read_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """The summary of a sweep: one row per child run, its swept values and final metrics,
 sorted by the sweep's objective (best validation accuracy first).
 
-At the end of a sweep ``pipeline.sweep`` logs it on the parent run: ``sweep_summary.csv``,
+At the end of a sweep ``pipeline.tracking.sweep`` logs it on the parent run: ``sweep_summary.csv``,
 ``sweep_summary.txt`` (the readable table), ``objective_vs_params.png``, the ``best_run_id``
 tag, the best run's values as ``best.<key>`` params and its metrics as ``best_run/<column>``
 (with the objective itself under its own name), and registers the best run's model with
@@ -47,7 +47,7 @@ COLUMNS = {  # the table's metric columns -> the child runs' metrics
     "test_loss": names.TEST_LOSS,
 }
 METRICS = tuple(COLUMNS)
-SWEEP_TAG = "pipeline.sweep"  # marks parent runs
+SWEEP_TAG = "pipeline.tracking.sweep"  # marks parent runs
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:

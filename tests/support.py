@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 
-from pipeline.schemas import register_configs
+from pipeline.config.schema import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # the real data, beside the repository

@@ -1,4 +1,4 @@
-"""pipeline.cache: generated pairs named by what made them, built whole or not at all, by
+"""pipeline.data.cache: generated pairs named by what made them, built whole or not at all, by
 any number of processes at once."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cache
-from pipeline.load import digits_to_h5, read_split
+from pipeline.data import cache
+from pipeline.data.load import digits_to_h5, read_split
 
 
 def write_marker(text: str):

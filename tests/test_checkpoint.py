@@ -1,4 +1,4 @@
-"""Tests of pipeline.checkpoint on its own: the file layout, an exact save/load round trip and
+"""Tests of pipeline.training.checkpoint on its own: the file layout, an exact save/load round trip and
 the checks made before a resume. (Resuming through ``train`` is tested in test_train.)"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.dense import Dense
 from layers.network import Network
 from layers.optim import SGD, Adam
-from pipeline.checkpoint import (
+from pipeline.training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     read_checkpoint,

@@ -90,8 +90,8 @@ def test_runs_from_outside_the_repository(tmp_path):
 
 
 def test_predictor_classifies_raw_uint8_images_like_the_evaluation(digits_run, tmp_path):
-    from pipeline.inference import Predictor
-    from pipeline.load import read_split
+    from pipeline.data.load import read_split
+    from pipeline.serving.inference import Predictor
 
     _, out = digits_run
     metrics = json.loads((out / "metrics.json").read_text())

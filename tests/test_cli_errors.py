@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.load import write_split
+from pipeline.data.load import write_split
 from tests.support import pipeline_env, wait_for
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
@@ -229,7 +229,7 @@ def test_an_omegaconf_error_from_the_pipelines_own_code_keeps_its_traceback():
     from omegaconf.errors import OmegaConfBaseException
 
     from pipeline.__main__ import raised_by_a_bug
-    from pipeline.splits import check_split_plan
+    from pipeline.data.splits import check_split_plan
 
     with pytest.raises(OmegaConfBaseException) as in_pipeline:  # a key the code expects
         check_split_plan(OmegaConf.create({"name": "digits"}), 0, 1)

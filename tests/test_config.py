@@ -8,8 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from pipeline.model import build_network, model_layers
-from pipeline.schemas import validate
+from pipeline.config.schema import validate
+from pipeline.training.model import build_network, model_layers
 from tests.support import make_cfg
 
 
@@ -146,7 +146,7 @@ def test_augment_shift_must_be_a_non_negative_int():
 
 @pytest.mark.parametrize("model, size", [("digits_cnn", 8), ("signs_cnn", 64), ("deep_cnn", 64)])
 def test_memory_needed_counts_the_parameters_that_building_creates(model, size):
-    from pipeline.model import build_network, memory_needed
+    from pipeline.training.model import build_network, memory_needed
 
     cfg = make_cfg(f"model={model}", f"data.image_size={size}", "data.channels=3")
     spec, shape = validate(cfg), (size, size, 3)

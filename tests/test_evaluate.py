@@ -13,9 +13,9 @@ from layers.activations import Flatten
 from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
-from pipeline.dataset import Split
-from pipeline.evaluate import evaluate
-from pipeline.train import EpochRecord, History
+from pipeline.data.dataset import Split
+from pipeline.training.evaluate import evaluate
+from pipeline.training.train import EpochRecord, History
 
 NAMES = ["a", "b", "c", "d"]  # "d" never occurs and is never predicted
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

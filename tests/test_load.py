@@ -1,4 +1,4 @@
-"""Tests of pipeline.load: the SIGNS HDF5 layout, its validation, the digits source, the
+"""Tests of pipeline.data.load: the SIGNS HDF5 layout, its validation, the digits source, the
 validation split and load_dataset."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.dataset import Dataset, Split
-from pipeline.load import (
+from pipeline.data.dataset import Dataset, Split
+from pipeline.data.load import (
     digits_to_h5,
     load_dataset,
     read_split,

@@ -1,4 +1,4 @@
-"""The trained network as an MLflow pyfunc model (``pipeline.mlflow_model``): logged from a
+"""The trained network as an MLflow pyfunc model (``pipeline.serving.mlflow_model``): logged from a
 real run directory into a throwaway sqlite tracking store, loaded back, and served over HTTP
 on 127.0.0.1, always giving the same class values as ``Predictor``."""
 
@@ -22,9 +22,9 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from pipeline.inference import Predictor  # noqa: E402
-from pipeline.load import read_split  # noqa: E402
-from pipeline.mlflow_model import (  # noqa: E402
+from pipeline.data.load import read_split  # noqa: E402
+from pipeline.serving.inference import Predictor  # noqa: E402
+from pipeline.serving.mlflow_model import (  # noqa: E402
     ARTIFACTS,
     CNNModel,
     as_images,

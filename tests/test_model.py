@@ -12,7 +12,7 @@ from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.pool import Pool2D
-from pipeline.model import relu_after_max_pool
+from pipeline.training.model import relu_after_max_pool
 
 
 def make_layers(mode: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.normalize import Normalizer
+from pipeline.data.normalize import Normalizer
 
 
 def images(m=20, seed=0, shape=(4, 5, 3)):

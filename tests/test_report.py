@@ -13,9 +13,9 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import report  # noqa: E402
-from pipeline.sweep import end_sweep  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
 from pipeline.tracking.store import SweepParent  # noqa: E402
+from pipeline.tracking.sweep import end_sweep  # noqa: E402
 
 CHILDREN = [  # overrides, status, best_val_accuracy, val_loss
     ("model.pool_mode=max optimizer.lr=0.01", "FINISHED", 0.90, 0.30),

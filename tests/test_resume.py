@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from layers.optim import make_optimizer
-from pipeline.checkpoint import resume_config, save_checkpoint
-from pipeline.model import build_network
-from pipeline.resume import RESUMABLE, resumed_run, run_record, with_changes
-from pipeline.schemas import validate
+from pipeline.config.resume import RESUMABLE, resumed_run, run_record, with_changes
+from pipeline.config.schema import validate
+from pipeline.training.checkpoint import resume_config, save_checkpoint
+from pipeline.training.model import build_network
 from tests.support import make_cfg, pipeline_env
 
 SAVED = ("seed=3", "model.pool_mode=average", "trainer.epochs=4", "optimizer=momentum")

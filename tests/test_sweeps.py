@@ -281,7 +281,7 @@ def compose_hydra(*overrides: str, multirun: bool = False):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from pipeline.schemas import register_configs
+    from pipeline.config.schema import register_configs
 
     register_configs()
     with initialize_config_module(version_base="1.3", config_module="conf"):
@@ -292,7 +292,7 @@ def compose_hydra(*overrides: str, multirun: bool = False):
 
 
 def test_the_search_space_comes_from_sweep_overrides_and_sweeper_params():
-    from pipeline.sweep import search_space
+    from pipeline.tracking.sweep import search_space
 
     cfg = compose_hydra("+hparams_search=optuna", "seed=3", multirun=True)
     assert search_space(cfg)["optimizer.lr"] == "tag(log, interval(0.0001, 0.01))"
@@ -339,7 +339,7 @@ def test_the_shipped_launcher_and_search_configs_compose():
     assert sweeper.direction == "maximize" and sweeper.sampler.seed == 5
     assert sweeper.storage is None
     callbacks = compose_hydra().hydra.callbacks
-    assert callbacks.mlflow_sweep._target_ == "pipeline.sweep.MlflowSweepCallback"
+    assert callbacks.mlflow_sweep._target_ == "pipeline.tracking.sweep.MlflowSweepCallback"
 
 
 def test_an_optuna_database_storage_is_refused_with_the_reason(tmp_path):

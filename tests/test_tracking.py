@@ -538,7 +538,7 @@ def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_direc
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipeline.mlflow_model.log_pyfunc_model", broken)
+    monkeypatch.setattr("pipeline.serving.mlflow_model.log_pyfunc_model", broken)
     with pytest.raises(TrackingError) as raised:
         entry.run(cfg, tmp_path / "out")
     message = str(raised.value)

@@ -20,8 +20,8 @@ from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import SGD, Adam
-from pipeline.dataset import Split
-from pipeline.train import EpochRecord, History, make_schedule, train
+from pipeline.data.dataset import Split
+from pipeline.training.train import EpochRecord, History, make_schedule, train
 
 K = 3
 
@@ -114,7 +114,7 @@ def test_schedule_errors():
 # -- training -------------------------------------------------------------------------------
 def test_loss_decreases_and_records_are_complete(tmp_path, caplog):
     net = dense_net()
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.train"):
         h = run(net, tmp_path, epochs=4, progress=True)
     losses = [r.train_loss for r in h.records]
     assert losses[-1] < losses[0] / 2 and h.records[-1].train_accuracy > 0.9
@@ -293,11 +293,11 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, make_net):
 def test_resume_warns_when_the_schedule_changed(tmp_path, caplog):
     run(dense_net(), tmp_path, epochs=2)  # cosine over 4 epochs
     ckpt = tmp_path / "checkpoints" / "last.npz"
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.train"):
         run(dense_net(), tmp_path, epochs=2, resume=ckpt)
     assert not caplog.records
     longer = make_schedule("cosine", 0.01, epochs=8)
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.train"):
         h = run(dense_net(), tmp_path, epochs=3, resume=ckpt, schedule=longer)
     assert "the schedule gives epoch 2 lr" in caplog.text and len(h.records) == 3
 

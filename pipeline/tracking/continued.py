@@ -16,7 +16,7 @@ from pipeline.tracking.store import TrackingError, one_line, quiet_mlflow
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.resume import Resumed
+    from pipeline.config.resume import Resumed
 
 PROCESS_TAG = "process"  # the run's tag: <host>:<pid> of the process running it
 

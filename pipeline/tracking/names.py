@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.dataset import Split
+    from pipeline.data.dataset import Split
 
-EPOCH_METRICS = {  # pipeline.train.EpochRecord field -> metric, logged with step=epoch
+EPOCH_METRICS = {  # pipeline.training.train.EpochRecord field -> metric, logged with step=epoch
     "train_accuracy": "accuracy/train",
     "val_accuracy": "accuracy/val",
     "train_loss": "loss/train",

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.dataset import Dataset, Split
+from pipeline.data.dataset import Dataset, Split
 from pipeline.tracking import names
 from pipeline.tracking.continued import PROCESS_TAG, process_tag, resumable_run
 from pipeline.tracking.store import (
@@ -75,7 +75,7 @@ from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.resume import Resumed
+    from pipeline.config.resume import Resumed
 
 log = logging.getLogger("pipeline")
 
@@ -302,7 +302,7 @@ class Tracker:
                    tags_list=[None] * len(self._datasets))
 
     def log_epoch(self, record: Any) -> None:
-        """A ``pipeline.train.EpochRecord``, with ``step=epoch``, without waiting."""
+        """A ``pipeline.training.train.EpochRecord``, with ``step=epoch``, without waiting."""
         if not self.enabled:
             return
         import mlflow
@@ -320,7 +320,7 @@ class Tracker:
         registered too when the tracker has a ``register_as`` name."""
         if not self.enabled:
             return
-        from pipeline.mlflow_model import log_pyfunc_model
+        from pipeline.serving.mlflow_model import log_pyfunc_model
 
         tags = names.source_tags()
         if summary:
@@ -336,7 +336,7 @@ class Tracker:
 
     def log_results(self, metrics: dict[str, Any], best_val_accuracy: float | None,
                     best_epoch: int | None) -> None:
-        """The test metrics (``pipeline.evaluate``'s dict) and the best epoch, linked to the
+        """The test metrics (``pipeline.training.evaluate``'s dict) and the best epoch, linked to the
         logged model and to the test and validation splits."""
         if not self.enabled:
             return

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.load import stratified_split
-from pipeline.sources import SOURCES
+from pipeline.data.load import stratified_split
+from pipeline.data.sources import SOURCES
 
 
 def check_split_plan(d: Any, seed: int, batch_size: int) -> None:

@@ -1,6 +1,6 @@
 """The data sources that ``data.name`` picks, each defined once, here: the paths its config
 must give, where its train and test HDF5 files come from, and its labels for the checks
-before a run (``pipeline.splits``; no image is read). A new source is one more ``Source``
+before a run (``pipeline.data.splits``; no image is read). A new source is one more ``Source``
 in ``SOURCES``; the schema, the checks and the load stage take it from there.
 
 - ``digits``: scikit-learn's bundled 8x8 digits, written as a cached pair (``load``);
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline import imagefolder, load
+from pipeline.data import imagefolder, load
 
 
 class Labels(NamedTuple):

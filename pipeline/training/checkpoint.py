@@ -6,8 +6,8 @@ the best epoch, if any), ``optim/<key>`` (``optimizer.state_dict()``) and ``stat
 string with the history (``History.to_dict()``), the generator states (shuffling and every
 layer's ``rng``), the settings (``resume_config``) that a resumed run must match and the
 run it belongs to (``run``: the composed config, the overrides as typed and the MLflow run,
-which ``pipeline.resume`` continues). The history travels as a plain dict, so this module
-does not depend on ``pipeline.train``.
+which ``pipeline.config.resume`` continues). The history travels as a plain dict, so this module
+does not depend on ``pipeline.training.train``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def save_checkpoint(
         history: ``History.to_dict()`` of the epochs done so far.
         best: copies of the parameters of the best epoch so far, or None.
         config: ``resume_config(...)``, what a resumed run must match.
-        run: the run this checkpoint belongs to, JSON-serialisable (``pipeline.resume``).
+        run: the run this checkpoint belongs to, JSON-serialisable (``pipeline.config.resume``).
     """
     state = {
         "config": config,

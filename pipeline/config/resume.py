@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.checkpoint import read_state
-from pipeline.schemas import Config
+from pipeline.config.schema import Config
 from pipeline.tracking.names import leaves
+from pipeline.training.checkpoint import read_state
 
 RESUMABLE = ("trainer.epochs", "trainer.patience", "trainer.progress", "data.cache_dir",
              "tracking.system_metrics", "tracking.enabled")

@@ -21,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from layers.im2col import is_valid_pad
 from layers.pool import POOL_MODES
-from pipeline.normalize import METHODS as NORMALIZE_METHODS
-from pipeline.sources import SOURCES
-from pipeline.train import SCHEDULES
+from pipeline.data.normalize import METHODS as NORMALIZE_METHODS
+from pipeline.data.sources import SOURCES
+from pipeline.training.train import SCHEDULES
 
 # -- data ----------------------------------------------------------------------------------
 

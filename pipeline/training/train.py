@@ -1,6 +1,6 @@
 """The train stage: mini-batch training with a learning-rate schedule, early stopping on
 validation accuracy, and a checkpoint every epoch (written and read by
-``pipeline.checkpoint``) from which a run resumes exactly.
+``pipeline.training.checkpoint``) from which a run resumes exactly.
 
 Epochs are numbered from 1 in records, logs and errors (``EpochRecord.epoch`` is the number
 of epochs done); a schedule maps the 0-based epoch index ``epoch - 1`` to a learning rate.
@@ -23,8 +23,13 @@ from layers.base import HyperparameterError, check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Optimizer
-from pipeline.checkpoint import checkpoint_path, load_checkpoint, resume_config, save_checkpoint
-from pipeline.dataset import Split
+from pipeline.data.dataset import Split
+from pipeline.training.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    resume_config,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +191,7 @@ def train(
     run continues from it and ends with the same weights and history (except the timings)
     as a run that was never interrupted. on_epoch_end: called with each new record after
     its checkpoint is written. run_record: saved in every checkpoint as the run it belongs
-    to (``pipeline.resume``). A non-finite loss raises FloatingPointError naming the epoch
+    to (``pipeline.config.resume``). A non-finite loss raises FloatingPointError naming the epoch
     and batch.
     """
     epochs = check_positive_int("train", "epochs", epochs)

@@ -10,10 +10,10 @@ VALUES (members of ``list_classes``); in memory they are INDICES into it (``0 ..
 
 ``read_split`` / ``write_split`` read and write one split of that layout; ``check_fraction``
 and ``stratified_split`` are shared with the converters. Sources converted into that
-layout, each pair kept by ``pipeline.cache`` under a name that covers what made it:
+layout, each pair kept by ``pipeline.data.cache`` under a name that covers what made it:
 
 - ``digits_to_h5`` (here): scikit-learn's bundled 8x8 digits (no download), 1 channel.
-- ``pipeline.imagefolder.image_folder_to_h5``: an image folder
+- ``pipeline.data.imagefolder.image_folder_to_h5``: an image folder
   ``ROOT/<class name>/<image>``, e.g. ``../shared/data/sign-language-digits``.
 
 ``load_dataset`` reads a train and a test file into a ``Dataset`` (x stays uint8;
@@ -31,8 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.cache import cached_pair, current_umask
-from pipeline.dataset import Dataset, Split
+from pipeline.data.cache import cached_pair, current_umask
+from pipeline.data.dataset import Dataset, Split
 
 PathLike = str | os.PathLike[str]
 SPLITS = ("train", "test")
@@ -268,7 +268,7 @@ def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Pa
     (m, 8, 8, 1): one channel, which the network handles like any other count. Classes
     0..9. The train/test split is stratified and seeded. The pair lives in
     ``out_dir/digits-<hash>/``, the hash covering ``seed`` and ``test_fraction``
-    (``pipeline.cache``): each split its own folder, reused while it exists.
+    (``pipeline.data.cache``): each split its own folder, reused while it exists.
 
     Returns:
         ``(train_path, test_path)``, absolute.

@@ -16,9 +16,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from layers.network import Network
-from pipeline.model import build_network
-from pipeline.normalize import Normalizer
-from pipeline.schemas import validate_model
+from pipeline.config.schema import validate_model
+from pipeline.data.normalize import Normalizer
+from pipeline.training.model import build_network
 
 MODEL_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "model.json", "weights.npz", "normalizer.json"
 

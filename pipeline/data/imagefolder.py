@@ -3,7 +3,7 @@
 ``write_image_folder`` decodes every image (8-bit RGB by ``to_rgb``, resized with
 LANCZOS), splits train from test (or takes a separate test folder) and writes the pair
 with ``load.write_split``, e.g. for ``../shared/data/sign-language-digits``;
-``image_folder_to_h5`` does the same as a ``pipeline.cache`` pair, a new pair when the
+``image_folder_to_h5`` does the same as a ``pipeline.data.cache`` pair, a new pair when the
 source images or the parameters change. ``load.load_dataset`` reads them like any other
 pair, and ``python -m pipeline.make_h5`` writes one from the command line.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.cache import cached_pair
-from pipeline.load import (
+from pipeline.data.cache import cached_pair
+from pipeline.data.load import (
     FORMAT_VERSION,
     SPLITS,
     PathLike,
@@ -135,7 +135,7 @@ def image_folder_to_h5(
     test_root: PathLike | None = None,
 ) -> tuple[Path, Path]:
     """Convert an image folder ``ROOT/<class name>/<image>`` into a train and a test file
-    (``write_image_folder``), kept as a ``pipeline.cache`` pair in
+    (``write_image_folder``), kept as a ``pipeline.data.cache`` pair in
     ``out_dir/<root name>-<hash>/``, the hash covering the absolute roots, the parameters
     and a fingerprint of the source images (their relative paths, sizes and modification
     times): reused while all are unchanged, a new pair otherwise.

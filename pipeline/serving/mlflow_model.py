@@ -13,7 +13,7 @@ This file plays two roles:
   things (and registers a ``CNNModel`` with ``set_model``, harmless outside logging and
   loading).
 
-Dependencies: the model code imports ``pipeline.inference`` (and through it ``layers``),
+Dependencies: the model code imports ``pipeline.serving.inference`` (and through it ``layers``),
 so the model loads wherever this project is installed (``pip install -e .``), which is the
 case for ``mlflow.pyfunc.load_model`` and ``mlflow models serve --env-manager local`` in
 the project's environment. The code is not copied into the model (no ``code_paths``): a
@@ -41,7 +41,7 @@ import numpy as np
 from mlflow.models import infer_signature, set_model
 from mlflow.models.model import ModelInfo
 
-from pipeline.inference import MODEL_FILE, NORMALIZER_FILE, WEIGHTS_FILE, Predictor
+from pipeline.serving.inference import MODEL_FILE, NORMALIZER_FILE, WEIGHTS_FILE, Predictor
 
 # Artifact key -> the file name Predictor expects in a run directory.
 ARTIFACTS = {"model_card": MODEL_FILE, "weights": WEIGHTS_FILE, "normalizer": NORMALIZER_FILE}

@@ -19,8 +19,8 @@ import numpy as np
 from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
-from pipeline.dataset import Split
-from pipeline.train import History, loss_and_predictions
+from pipeline.data.dataset import Split
+from pipeline.training.train import History, loss_and_predictions
 
 
 def evaluate(

@@ -14,7 +14,7 @@ from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.network import Network
 from layers.pool import Pool2D
-from pipeline.schemas import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec
+from pipeline.config.schema import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec
 
 
 def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
