@@ -46,7 +46,8 @@ from hydra import compose, initialize_config_module
 from bench.layers_bench import blas_threads, fmt_r, limit_threads, print_threads
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Adam
-from pipeline.config.schema import register_configs, validate
+from pipeline.config.checks import validate
+from pipeline.config.schema import register_configs
 from pipeline.data.dataset import Split
 from pipeline.data.imagefolder import image_folder_to_h5
 from pipeline.data.load import load_dataset
@@ -71,7 +72,7 @@ def compose_model(name: str, data_root: Path, cache_dir: Path):
     ]
     with initialize_config_module(version_base="1.3", config_module="conf"):
         cfg = compose("config", overrides=overrides)
-    return cfg, validate(cfg)
+    return cfg, validate(cfg).model
 
 
 def load_all(cfg) -> tuple[np.ndarray, np.ndarray, int]:

@@ -228,8 +228,8 @@ def test_an_omegaconf_error_from_the_pipelines_own_code_keeps_its_traceback():
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipeline.__main__ import raised_by_a_bug
     from pipeline.data.splits import check_split_plan
+    from pipeline.errors import raised_by_a_bug
 
     with pytest.raises(OmegaConfBaseException) as in_pipeline:  # a key the code expects
         check_split_plan(OmegaConf.create({"name": "digits"}), 0, 1)

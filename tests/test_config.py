@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from pipeline.config.schema import validate
+from pipeline.config.checks import checked, validate
 from pipeline.training.model import build_network, model_layers
 from tests.support import make_cfg
 
@@ -17,7 +17,7 @@ def test_default_config_composes_and_validates():
     cfg = make_cfg()
     assert cfg.data.name == "digits" and cfg.optimizer.name == "adam"
     assert cfg.seed == 0 and cfg.trainer.epochs >= 1
-    spec = validate(cfg)
+    spec = validate(cfg).model
     assert [name for name, _ in spec.layers][:2] == ["conv1", "pool1"]
 
 
@@ -29,8 +29,6 @@ def test_every_group_option_composes(group):
 
 
 def test_image_folder_needs_a_root():
-    from pipeline.__main__ import checked
-
     validate(make_cfg("data=image_folder"))  # the values are fine; the source needs a root
     with pytest.raises(ValueError, match=r"^data\.root: is not set; give a folder"):
         checked(make_cfg("data=image_folder"))
@@ -39,13 +37,13 @@ def test_image_folder_needs_a_root():
 @pytest.mark.parametrize(("experiment", "mode"), [("maxpool", "max"), ("avgpool", "average")])
 def test_experiments_switch_every_pool(experiment, mode):
     cfg = make_cfg(f"+experiment={experiment}")
-    spec = validate(cfg)
+    spec = validate(cfg).model
     pools = [layer for layer in model_layers(spec, 10) if type(layer).__name__ == "Pool2D"]
     assert pools and all(p.mode == mode for p in pools)
 
 
 def test_pool_mode_override_switches_every_pool_unless_a_pool_sets_its_own():
-    spec = validate(make_cfg("model.pool_mode=average", "+model.pool2.mode=max"))
+    spec = validate(make_cfg("model.pool_mode=average", "+model.pool2.mode=max")).model
     modes = {layer.name: layer.mode for layer in model_layers(spec, 10) if hasattr(layer, "mode")}
     assert modes == {"pool1": "average", "pool2": "max"}
 
@@ -56,7 +54,7 @@ def test_short_overrides_reach_layer_hyperparameters():
         "model.pool1.f=2", "model.pool1.stride=1", "optimizer.lr=0.01", "trainer.epochs=3",
         "trainer.batch_size=16", "data.image_size=8", "seed=7",
     )
-    net = build_network(validate(cfg), (8, 8, 1), 10, seed=cfg.seed)
+    net = build_network(validate(cfg).model, (8, 8, 1), 10, seed=cfg.seed)
     conv, pool = net["conv1"], net["pool1"]
     assert (conv.filters, conv.f, conv.stride, conv.pad) == (4, 5, 2, 1)
     assert (pool.f, pool.stride) == (2, 1)
@@ -64,12 +62,12 @@ def test_short_overrides_reach_layer_hyperparameters():
 
 
 def test_model_layers_follow_the_config_order():
-    spec = validate(make_cfg("model=signs_cnn", "data=signs"))
+    spec = validate(make_cfg("model=signs_cnn", "data=signs")).model
     names = [layer.name for layer in model_layers(spec, 6)]
     # each ReLU sits after the max-pool that follows its conv (the same function, cheaper)
     assert names == ["conv1", "pool1", "conv1_relu", "conv2", "pool2", "conv2_relu",
                      "flatten", "logits"]
-    spec = validate(make_cfg("model=signs_cnn", "data=signs", "model.pool_mode=average"))
+    spec = validate(make_cfg("model=signs_cnn", "data=signs", "model.pool_mode=average")).model
     names = [layer.name for layer in model_layers(spec, 6)]
     assert names == ["conv1", "conv1_relu", "pool1", "conv2", "conv2_relu", "pool2",
                      "flatten", "logits"]
@@ -120,7 +118,7 @@ def test_keys_added_with_plus_are_rejected_by_validate(override, key):
 
 def test_a_layer_stack_too_deep_for_the_images_fails_before_reading_data():
     # signs_cnn pools 8x8 then 4x4: on the 8x8 digits the second pool has a 1x1 input.
-    spec = validate(make_cfg("model=signs_cnn"))
+    spec = validate(make_cfg("model=signs_cnn")).model
     with pytest.raises(ValueError, match=r"Pool2D 'pool2'.*on input 1x1x16.*would be"):
         build_network(spec, (8, 8, 1), 10, seed=0)
 
@@ -132,7 +130,7 @@ def test_a_layer_stack_too_deep_for_the_images_fails_before_reading_data():
 def test_photograph_experiments_compose_and_build_on_64x64(experiment, model, params):
     cfg = make_cfg(f"+experiment={experiment}")
     assert cfg.data.name == "image_folder" and cfg.data.root.endswith("sign-language-digits")
-    spec = validate(cfg)
+    spec = validate(cfg).model
     assert spec.name == model and spec.augment_shift > 0
     net = build_network(spec, (64, 64, 3), 10, seed=0)
     assert net.num_params() == params
@@ -149,7 +147,7 @@ def test_memory_needed_counts_the_parameters_that_building_creates(model, size):
     from pipeline.training.model import build_network, memory_needed
 
     cfg = make_cfg(f"model={model}", f"data.image_size={size}", "data.channels=3")
-    spec, shape = validate(cfg), (size, size, 3)
+    spec, shape = validate(cfg).model, (size, size, 3)
     net = build_network(spec, shape, num_classes=10, seed=0)
     activations = sum(int(np.prod(s)) for s in net.shapes) + int(np.prod(shape))
     assert memory_needed(spec, shape, 10, batch_size=16) == 4 * (

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from layers.optim import make_optimizer
+from pipeline.config.checks import validate
 from pipeline.config.resume import RESUMABLE, resumed_run, run_record, with_changes
-from pipeline.config.schema import validate
 from pipeline.training.checkpoint import resume_config, save_checkpoint
 from pipeline.training.model import build_network
 from tests.support import make_cfg, pipeline_env
@@ -32,7 +32,7 @@ def checkpoint(tmp_path: Path, *overrides: str, epochs_done: int = 2,
                mlflow: dict[str, str] | None = None) -> Path:
     """A checkpoint after ``epochs_done`` epochs of the run these overrides compose."""
     cfg = make_cfg(*overrides)
-    net = build_network(validate(cfg), (8, 8, 1), 10, seed=cfg.seed)
+    net = build_network(validate(cfg).model, (8, 8, 1), 10, seed=cfg.seed)
     optimizer = make_optimizer("momentum", lr=0.05)
     record = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
               "val_accuracy": 0.5, "epoch_seconds": 0.1, "lr": 0.05}
@@ -208,7 +208,7 @@ def test_data_paths_are_saved_absolute(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_resume_before_its_first_epoch_points_at_its_checkpoint(tmp_path):
-    from pipeline.__main__ import interrupted_line
+    from pipeline.errors import interrupted_line
 
     path = checkpoint(tmp_path, *SAVED)
     line = interrupted_line("Ctrl-C", tmp_path / "new_run", str(path))

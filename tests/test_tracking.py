@@ -18,10 +18,10 @@ import pytest
 mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: pip install -e .")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline import __main__ as entry  # noqa: E402
+from pipeline import run as entry  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
 from pipeline.tracking.names import flatten, git_commit  # noqa: E402
-from pipeline.tracking.run import RUN_INFO_FILE  # noqa: E402
+from pipeline.run_files import MLFLOW_RUN  # noqa: E402
 from pipeline.tracking.store import (  # noqa: E402
     MODEL_TRAINING,
     TrackingError,
@@ -171,7 +171,7 @@ def test_the_run_says_where_it_is_and_its_directory_knows(cli_run):
     assert lines[0].startswith(f"[mlflow] run {run_id} (RUNNING)")
     assert any(f"mlflow ui --backend-store-uri {uri}" in line for line in lines)
     assert any(f"{run_id} (FINISHED)" in line for line in lines)
-    info = json.loads((out / RUN_INFO_FILE).read_text())
+    info = json.loads((out / MLFLOW_RUN).read_text())
     assert info["run_id"] == run_id and info["tracking_uri"] == uri
     assert info["experiment_id"] == run.info.experiment_id and info["status"] == "FINISHED"
     assert any(info["model_uri"] in line and "mlflow models serve" in line for line in lines)
@@ -199,7 +199,7 @@ def test_a_single_run_registers_its_model_when_asked(tmp_path):
     client, run = only_run(uri)
     (version,) = client.search_model_versions("name = 'digits-cnn'")
     assert version.run_id == run.info.run_id
-    info = json.loads((tmp_path / "run" / RUN_INFO_FILE).read_text())
+    info = json.loads((tmp_path / "run" / MLFLOW_RUN).read_text())
     assert info["registered_model_uri"] == "models:/digits-cnn/1"
     assert "models:/digits-cnn/1" in proc.stdout
 
@@ -253,7 +253,7 @@ def test_disabled_tracking_writes_outputs_and_no_store(tmp_path, monkeypatch):
                    f"data.cache_dir={tmp_path / 'data'}")
     entry.run(cfg, tmp_path / "out")
     assert (tmp_path / "out" / "metrics.json").is_file()
-    assert not (tmp_path / "out" / RUN_INFO_FILE).exists()
+    assert not (tmp_path / "out" / MLFLOW_RUN).exists()
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
 
@@ -280,7 +280,7 @@ def test_a_run_that_raises_ends_failed_or_killed_keeping_what_was_logged(
     if status == "FAILED":
         assert run.data.tags["error"] == "RuntimeError: boom"
         assert "error.txt" in artifacts
-    assert json.loads((tmp_path / "out" / RUN_INFO_FILE).read_text())["status"] == status
+    assert json.loads((tmp_path / "out" / MLFLOW_RUN).read_text())["status"] == status
 
 
 def start_long_run(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None):
@@ -397,7 +397,7 @@ def test_a_run_on_a_real_server(tmp_path, mlflow_server):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and "test/accuracy" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "accuracy/val")) == 2
-    info = json.loads((tmp_path / "out" / RUN_INFO_FILE).read_text())
+    info = json.loads((tmp_path / "out" / MLFLOW_RUN).read_text())
     assert info["ui_url"].startswith(f"{mlflow_server.uri}/#/experiments/")
 
 
@@ -466,7 +466,7 @@ def test_a_server_that_stays_away_costs_no_training_and_the_watchdog_ends_the_ru
     assert epochs_done(run_dir) == 60  # training went on to the end
     for file in ("weights.npz", "metrics.json", "confusion_matrix.png"):
         assert (run_dir / file).is_file(), file
-    info = json.loads((run_dir / RUN_INFO_FILE).read_text())
+    info = json.loads((run_dir / MLFLOW_RUN).read_text())
     assert info["status"] == "FAILED" and "tracking_failure" in info
     mlflow_server.start()  # the watchdog ends the run once the server is back
     client = MlflowClient(mlflow_server.uri)
@@ -548,7 +548,7 @@ def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_direc
     _, run = only_run(uri)
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert mlflow.active_run() is None
-    info = json.loads((tmp_path / "out" / RUN_INFO_FILE).read_text())
+    info = json.loads((tmp_path / "out" / MLFLOW_RUN).read_text())
     assert info["status"] == "FAILED" and "disk full" in info["tracking_failure"]
 
 

@@ -21,7 +21,8 @@ from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import SGD, Adam
 from pipeline.data.dataset import Split
-from pipeline.training.train import EpochRecord, History, make_schedule, train
+from pipeline.training.schedule import make_schedule
+from pipeline.training.train import EpochRecord, History, train
 
 K = 3
 

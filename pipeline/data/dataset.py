@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,3 +47,8 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def mapped(self, images: Callable[[np.ndarray], np.ndarray]) -> Dataset:
+        """The same data set with ``images(x)`` in place of each split's ``x``."""
+        return replace(self, **{name: Split(images(s.x), s.y) for name, s in
+                                (("train", self.train), ("val", self.val), ("test", self.test))})

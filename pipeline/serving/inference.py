@@ -16,11 +16,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from layers.network import Network
-from pipeline.config.schema import validate_model
+from pipeline.config.checks import validate_model
 from pipeline.data.normalize import Normalizer
+from pipeline.run_files import MODEL_CARD, MODEL_FILES, NORMALIZER, WEIGHTS
 from pipeline.training.model import build_network
-
-MODEL_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "model.json", "weights.npz", "normalizer.json"
 
 
 def save_model_card(
@@ -30,21 +29,21 @@ def save_model_card(
     dtype: str,
     classes: np.ndarray,
     class_names: list[str],
-) -> Path:
-    """Write ``model.json``: what ``Predictor`` needs to rebuild the trained network.
+) -> dict[str, Any]:
+    """Write ``model.json`` and return it: what ``Predictor`` needs to rebuild the trained
+    network. model_cfg: the ``model`` config (a mapping, e.g. ``ModelSpec.as_config()``).
 
     classes: (K,) the class values (``list_classes``); labels index into them.
     """
     card = {
-        "model": OmegaConf.to_container(model_cfg, resolve=True),
+        "model": OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True),
         "input_shape": list(input_shape),
         "dtype": dtype,
         "classes": [int(c) for c in classes],
         "class_names": list(class_names),
     }
-    path = Path(run_dir) / MODEL_FILE
-    path.write_text(json.dumps(card, indent=2))
-    return path
+    (Path(run_dir) / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    return card
 
 
 class Predictor:
@@ -59,16 +58,15 @@ class Predictor:
     def from_run_dir(cls, run_dir: Path | str) -> Predictor:
         """Load ``model.json``, ``weights.npz`` and ``normalizer.json`` from a run directory."""
         run_dir = Path(run_dir)
-        missing = [n for n in (MODEL_FILE, WEIGHTS_FILE, NORMALIZER_FILE)
-                   if not (run_dir / n).is_file()]
+        missing = [n for n in MODEL_FILES if not (run_dir / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{run_dir.resolve()} is not a finished run: no {missing}")
-        card = json.loads((run_dir / MODEL_FILE).read_text())
+        card = json.loads((run_dir / MODEL_CARD).read_text())
         spec = validate_model(OmegaConf.create(card["model"]))
         net = build_network(spec, tuple(card["input_shape"]), len(card["classes"]), seed=0,
                             dtype=np.dtype(card["dtype"]))
-        net.load(str(run_dir / WEIGHTS_FILE))
-        return cls(net, Normalizer.load(run_dir / NORMALIZER_FILE), card)
+        net.load(str(run_dir / WEIGHTS))
+        return cls(net, Normalizer.load(run_dir / NORMALIZER), card)
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class values (m,) int64 for raw images (m, n_H, n_W, n_C) uint8."""

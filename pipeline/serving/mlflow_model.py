@@ -41,10 +41,11 @@ import numpy as np
 from mlflow.models import infer_signature, set_model
 from mlflow.models.model import ModelInfo
 
-from pipeline.serving.inference import MODEL_FILE, NORMALIZER_FILE, WEIGHTS_FILE, Predictor
+from pipeline.run_files import MODEL_CARD, NORMALIZER, WEIGHTS
+from pipeline.serving.inference import Predictor
 
 # Artifact key -> the file name Predictor expects in a run directory.
-ARTIFACTS = {"model_card": MODEL_FILE, "weights": WEIGHTS_FILE, "normalizer": NORMALIZER_FILE}
+ARTIFACTS = {"model_card": MODEL_CARD, "weights": WEIGHTS, "normalizer": NORMALIZER}
 REQUIREMENTS = ("mlflow", "numpy", "omegaconf", "hydra-core")
 MODEL_TYPE = "numpy-cnn"  # the logged model's type on the Models page
 
@@ -142,6 +143,7 @@ def log_pyfunc_model(
     run_dir: Path | str,
     name: str = "model",
     *,
+    predictor: Predictor | None = None,
     input_example: np.ndarray | None = None,
     params: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
@@ -155,11 +157,17 @@ def log_pyfunc_model(
     uint8 images (m, n_H, n_W, n_C), and the predictions on it (int64 class values).
     ``params`` and ``tags`` go on the logged model (the Models page shows them);
     ``registered_model_name`` also registers it as a new version in the Model Registry.
+    ``predictor``: the run's trained model, already in memory (default: rebuilt from the
+    run directory's files); the logged model is the run directory's files either way.
     """
     run_dir = Path(run_dir).resolve()  # the artifacts' source paths are recorded in MLmodel
     if mlflow.active_run() is None:
         raise RuntimeError("log_pyfunc_model needs an active MLflow run (mlflow.start_run())")
-    predictor = Predictor.from_run_dir(run_dir)  # also checks the three files are there
+    missing = [n for n in ARTIFACTS.values() if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished run: no {missing}")
+    if predictor is None:
+        predictor = Predictor.from_run_dir(run_dir)
     if input_example is None:
         input_example = default_input_example(predictor.input_shape)
     example = as_images(input_example, predictor.input_shape)

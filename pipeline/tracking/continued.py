@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from pipeline.run_files import CHECKPOINT
 from pipeline.tracking import names
 from pipeline.tracking.store import TrackingError, one_line, quiet_mlflow
 
@@ -48,7 +49,7 @@ def resumable_run(client: MlflowClient, run_id: str, resumed: Resumed) -> tuple[
             f"{run.data.tags.get(PROCESS_TAG, '(unknown)')}; stop it first (if it is gone, end "
             f"the run: mlflow.MlflowClient({uri!r}).set_terminated({run_id!r}, 'KILLED'))")
     if max(logged, default=0) > resumed.epochs_done:  # resumed before, from here
-        later = Path(run.data.tags.get("output_dir", "?")) / "checkpoints" / "last.npz"
+        later = Path(run.data.tags.get("output_dir", "?")) / CHECKPOINT
         where = f"from its latest checkpoint, {later}" if later.is_file() else (
             "from its latest checkpoint")
         raise ValueError(

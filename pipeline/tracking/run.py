@@ -19,7 +19,7 @@ What a run records:
   model and to the split they were measured on;
 * the network as a pyfunc model named after the model config, with the config as its
   params; a new version of ``tracking.register_model`` in the Model Registry if set;
-* artifacts: ``.hydra/`` and the run directory's results (``RUN_FILES``);
+* artifacts: ``.hydra/`` and the run directory's results (``run_files.RESULTS``);
 * ``mlflow_run.json`` in the run directory: run id, experiment, tracking URI, UI page and
   model URI; printed, with how to open and serve the run, when it starts and ends.
 
@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.data.dataset import Dataset, Split
+from pipeline.run_files import ERROR, KEPT_ON_FAILURE, MLFLOW_RUN, RESULTS
 from pipeline.tracking import names
 from pipeline.tracking.continued import PROCESS_TAG, process_tag, resumable_run
 from pipeline.tracking.store import (
@@ -79,12 +80,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline")
 
-RUN_INFO_FILE = "mlflow_run.json"
-RUN_FILES = (
-    "weights.npz", "model.json", "normalizer.json", "metrics.json",
-    "classification_report.txt", "confusion_matrix.png", "learning_curve.png",
-)
-KEPT_ON_FAILURE = (*RUN_FILES, "error.txt", "checkpoints/last.npz")
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
@@ -314,10 +309,11 @@ class Tracker:
         if op is not None:
             self._pending.append(op)
 
-    def log_model(self, run_dir: Path, name: str, summary: str = "") -> None:
-        """The run directory's network as a pyfunc model named ``name``, with the run's
-        params and the network's ``summary`` (its layer table) as its description;
-        registered too when the tracker has a ``register_as`` name."""
+    def log_model(self, predictor: Any, run_dir: Path, name: str, summary: str = "") -> None:
+        """The run directory's network (``predictor``: the same, in memory) as a pyfunc
+        model named ``name``, with the run's params and the network's ``summary`` (its
+        layer table) as its description; registered too when the tracker has a
+        ``register_as`` name."""
         if not self.enabled:
             return
         from pipeline.serving.mlflow_model import log_pyfunc_model
@@ -326,7 +322,8 @@ class Tracker:
         if summary:
             tags[DESCRIPTION_TAG] = f"```\n{summary}\n```"
         self.model = self._call(
-            "logging the model", log_pyfunc_model, run_dir, name, params=self.params,
+            "logging the model", log_pyfunc_model, run_dir, name, predictor=predictor,
+            params=self.params,
             tags=tags, registered_model_name=self.register_as)
         if self.model is not None:
             self.info["model_uri"] = self.model.model_uri
@@ -353,7 +350,7 @@ class Tracker:
                        {k: float(v) for k, v in values.items() if v is not None},
                        model_id=model_id, dataset=self._datasets.get(split))
 
-    def log_artifacts(self, files: Sequence[str] = RUN_FILES) -> None:
+    def log_artifacts(self, files: Sequence[str] = RESULTS) -> None:
         """``.hydra/`` and those of ``files`` (paths in the run directory) that exist."""
         if not self.enabled:
             return
@@ -429,7 +426,7 @@ class Tracker:
     def write_info(self) -> None:
         """``mlflow_run.json``: where the run is and what it logged."""
         text = json.dumps(self.info, indent=2, ensure_ascii=False)
-        (self.out_dir / RUN_INFO_FILE).write_text(text + "\n")
+        (self.out_dir / MLFLOW_RUN).write_text(text + "\n")
 
     def where(self) -> list[str]:
         """How to find the run, open it in the UI and serve its model, as console lines."""
@@ -494,9 +491,9 @@ def tracked_run(
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         try:
-            (out_dir / "error.txt").write_text(traceback.format_exc())
+            (out_dir / ERROR).write_text(traceback.format_exc())
         except OSError:  # a full disk: no empty error.txt, and the run's own error is raised
-            (out_dir / "error.txt").unlink(missing_ok=True)
+            (out_dir / ERROR).unlink(missing_ok=True)
         raise
     finally:
         try:

@@ -22,8 +22,7 @@ import numpy as np
 
 from layers.network import Network, check_same_arrays
 from layers.optim import Optimizer
-
-CHECKPOINT = Path("checkpoints") / "last.npz"
+from pipeline.run_files import CHECKPOINT
 
 
 def checkpoint_path(out_dir: Path) -> Path:

@@ -20,6 +20,7 @@ from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from pipeline.data.dataset import Split
+from pipeline.run_files import CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE, METRICS
 from pipeline.training.train import History, loss_and_predictions
 
 
@@ -96,14 +97,14 @@ def evaluate(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "classification_report.txt").write_text(
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / CLASSIFICATION_REPORT).write_text(
         f"test loss {metrics['test_loss']:.4f}  accuracy {metrics['test_accuracy']:.4f}  "
         f"({len(y)} examples)\n\n{report}"
     )
-    plot_confusion_matrix(cm, class_names, out_dir / "confusion_matrix.png")
+    plot_confusion_matrix(cm, class_names, out_dir / CONFUSION_MATRIX)
     if history is not None and history.records:
-        plot_learning_curve(history, out_dir / "learning_curve.png")
+        plot_learning_curve(history, out_dir / LEARNING_CURVE)
     return metrics
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layers.base import HyperparameterError, check_positive_int
+from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Optimizer
@@ -32,60 +32,6 @@ from pipeline.training.checkpoint import (
 )
 
 log = logging.getLogger(__name__)
-
-SCHEDULES = ("constant", "step", "exponential", "cosine")
-
-
-def make_schedule(
-    name: str,
-    lr: float,
-    *,
-    decay_rate: float = 0.1,
-    decay_every: int = 10,
-    epochs: int = 1,
-    warmup_epochs: int = 0,
-) -> Callable[[int], float]:
-    """A learning-rate schedule: 0-based epoch index -> learning rate.
-
-    After ``warmup_epochs`` epochs of linear warm-up (``lr * (e + 1) / (warmup_epochs + 1)``
-    at epoch e), the schedule runs on ``t = e - warmup_epochs``:
-
-    - ``"constant"``: ``lr``
-    - ``"step"``: ``lr * decay_rate ** (t // decay_every)``
-    - ``"exponential"``: ``lr * decay_rate ** t``
-    - ``"cosine"``: ``lr * (1 + cos(pi * t / T)) / 2`` with ``T = epochs - warmup_epochs``,
-      from ``lr`` down to 0 at epoch ``epochs`` (so every epoch of the run has lr > 0).
-    """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {list(SCHEDULES)}")
-    owner = f"schedule {name!r}"
-    if not (math.isfinite(lr) and lr > 0):
-        raise HyperparameterError(owner, "lr", "must be a finite number > 0", lr)
-    if not (math.isfinite(decay_rate) and decay_rate > 0):
-        raise HyperparameterError(owner, "decay_rate", "must be a finite number > 0", decay_rate)
-    decay_every = check_positive_int(owner, "decay_every", decay_every)
-    epochs = check_positive_int(owner, "epochs", epochs)
-    if not (isinstance(warmup_epochs, int) and 0 <= warmup_epochs < epochs):
-        raise HyperparameterError(
-            owner, "warmup_epochs", f"must be an integer in [0, epochs={epochs})", warmup_epochs)
-    span = epochs - warmup_epochs  # cosine: epochs after warm-up
-
-    def schedule(epoch: int) -> float:
-        if epoch < 0:
-            raise ValueError(f"schedule {name!r}: epoch must be >= 0, got {epoch}")
-        if epoch < warmup_epochs:
-            return lr * (epoch + 1) / (warmup_epochs + 1)
-        t = epoch - warmup_epochs
-        if name == "step":
-            return lr * decay_rate ** (t // decay_every)
-        if name == "exponential":
-            return lr * decay_rate**t
-        if name == "cosine":
-            return lr * 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
-        return lr
-
-    return schedule
-
 
 @dataclass
 class EpochRecord:
@@ -194,72 +140,24 @@ def train(
     to (``pipeline.config.resume``). A non-finite loss raises FloatingPointError naming the epoch
     and batch.
     """
-    epochs = check_positive_int("train", "epochs", epochs)
-    batch_size = check_positive_int("train", "batch_size", batch_size)
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-        raise ValueError(f"train: patience must be an integer >= 0, got {patience!r}")
-    for label, split in (("train", train), ("val", val)):
-        if len(split.x) != len(split.y):
-            raise ValueError(f"train: {label} has {len(split.x)} images, {len(split.y)} labels")
-    if len(train) == 0:
-        raise ValueError("train: the training split is empty")
-    if patience > 0 and len(val) == 0:
-        raise ValueError("train: early stopping (patience > 0) needs a non-empty val split")
-
+    epochs, batch_size = _checked(train, val, epochs, batch_size, patience)
     ckpt = checkpoint_path(Path(out_dir))
     config = resume_config(seed, batch_size, len(train), optimizer)
     rng = np.random.default_rng(seed)  # shuffling only; layers draw from their own rng
     history, best = History(), None  # best: copies of the best-val-accuracy parameters
     if resume is not None:
-        saved, best = load_checkpoint(Path(resume), net, optimizer, rng, config)
-        history = History.from_dict(saved)
-        done = len(history.records)
-        log.info("resumed from %s after epoch %d", resume, done)
-        # Early stopping as this run's patience and epochs decide (a resume may change them).
-        history.stopped_early = bool(
-            patience and history.best_epoch and done - history.best_epoch >= patience
-            and done < epochs)
-        for r in history.records:  # a new schedule is allowed, but it is not the same run
-            if schedule(r.epoch - 1) != r.lr:
-                log.warning(
-                    "resume: the schedule gives epoch %d lr %g, the saved run used %g: the "
-                    "result will differ from an uninterrupted run",
-                    r.epoch,
-                    schedule(r.epoch - 1),
-                    r.lr,
-                )
-                break
-
-    m = len(train)
-    # Non-finite values are caught below and named (epoch, batch, learning rate); NumPy's own
-    # overflow warnings, one per layer and batch, would come before that line.
+        history, best = _resumed(Path(resume), net, optimizer, rng, config, schedule,
+                                 patience, epochs)
     for epoch in range(len(history.records) + 1, epochs + 1):
         if history.stopped_early:
             break
-        start = time.perf_counter()
         optimizer.lr = schedule(epoch - 1)
-        perm = rng.permutation(m)
-        val_loss = val_acc = None
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss_sum, correct = train_epoch(
-                net, optimizer, loss_fn, train, perm, batch_size, (epoch, epochs), progress
-            )
-            if len(val):
-                where = f"train: validation after epoch {epoch}"
-                val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
-                val_acc = float(np.mean(preds == val.y))
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=loss_sum / m,
-            train_accuracy=correct / m,
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            epoch_seconds=time.perf_counter() - start,
-            lr=optimizer.lr,
-        )
+        record = _epoch(net, optimizer, loss_fn, train, val, rng.permutation(len(train)),
+                        batch_size, (epoch, epochs), progress)
         history.records.append(record)
-        if val_acc is not None and (best is None or val_acc > history.best_val_accuracy):
-            history.best_epoch, history.best_val_accuracy = epoch, val_acc
+        if record.val_accuracy is not None and (
+                best is None or record.val_accuracy > history.best_val_accuracy):
+            history.best_epoch, history.best_val_accuracy = epoch, record.val_accuracy
             best = {k: p.copy() for k, p in net.params.items()}
         if patience and epoch - history.best_epoch >= patience and epoch < epochs:
             history.stopped_early = True
@@ -275,6 +173,68 @@ def train(
             p[...] = best[k]
         log.info("restored the weights of the best epoch, %d", history.best_epoch)
     return history
+
+
+def _checked(train: Split, val: Split, epochs: int, batch_size: int,
+             patience: int) -> tuple[int, int]:
+    """``epochs`` and ``batch_size``, once checked with the splits and ``patience``."""
+    epochs = check_positive_int("train", "epochs", epochs)
+    batch_size = check_positive_int("train", "batch_size", batch_size)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"train: patience must be an integer >= 0, got {patience!r}")
+    for label, split in (("train", train), ("val", val)):
+        if len(split.x) != len(split.y):
+            raise ValueError(f"train: {label} has {len(split.x)} images, {len(split.y)} labels")
+    if len(train) == 0:
+        raise ValueError("train: the training split is empty")
+    if patience > 0 and len(val) == 0:
+        raise ValueError("train: early stopping (patience > 0) needs a non-empty val split")
+    return epochs, batch_size
+
+
+def _resumed(
+    path: Path, net: Network, optimizer: Optimizer, rng: np.random.Generator,
+    config: dict[str, Any], schedule: Callable[[int], float], patience: int, epochs: int,
+) -> tuple[History, dict[str, np.ndarray] | None]:
+    """The history and best weights of checkpoint ``path``, with ``net``, ``optimizer`` and
+    ``rng`` set to where it left off; early stopping as this run's patience and epochs
+    decide (a resume may change them)."""
+    saved, best = load_checkpoint(path, net, optimizer, rng, config)
+    history = History.from_dict(saved)
+    done = len(history.records)
+    log.info("resumed from %s after epoch %d", path, done)
+    history.stopped_early = bool(
+        patience and history.best_epoch and done - history.best_epoch >= patience
+        and done < epochs)
+    for r in history.records:  # a new schedule is allowed, but it is not the same run
+        if schedule(r.epoch - 1) != r.lr:
+            log.warning("resume: the schedule gives epoch %d lr %g, the saved run used %g: "
+                        "the result will differ from an uninterrupted run",
+                        r.epoch, schedule(r.epoch - 1), r.lr)
+            break
+    return history, best
+
+
+def _epoch(
+    net: Network, optimizer: Optimizer, loss_fn: SoftmaxCrossEntropy, train: Split,
+    val: Split, perm: np.ndarray, batch_size: int, epoch_of: tuple[int, int], progress: bool,
+) -> EpochRecord:
+    """One epoch: a training pass in the order ``perm`` (m,), then the validation split."""
+    start, epoch = time.perf_counter(), epoch_of[0]
+    val_loss = val_acc = None
+    # Non-finite values are caught and named (epoch, batch, learning rate); NumPy's own
+    # overflow warnings, one per layer and batch, would come before that line.
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss_sum, correct = train_epoch(net, optimizer, loss_fn, train, perm, batch_size,
+                                        epoch_of, progress)
+        if len(val):
+            where = f"train: validation after epoch {epoch}"
+            val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
+            val_acc = float(np.mean(preds == val.y))
+    m = len(train)
+    return EpochRecord(epoch=epoch, train_loss=loss_sum / m, train_accuracy=correct / m,
+                       val_loss=val_loss, val_accuracy=val_acc,
+                       epoch_seconds=time.perf_counter() - start, lr=optimizer.lr)
 
 
 def train_epoch(
