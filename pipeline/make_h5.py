@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.data.h5 import read_split
 from pipeline.data.imagefolder import write_image_folder
-from pipeline.data.load import read_split
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

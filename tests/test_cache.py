@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.data import cache
-from pipeline.data.load import digits_to_h5, read_split
+from pipeline.data.h5 import read_split
+from pipeline.data.load import digits_to_h5
 
 
 def write_marker(text: str):

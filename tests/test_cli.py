@@ -90,7 +90,7 @@ def test_runs_from_outside_the_repository(tmp_path):
 
 
 def test_predictor_classifies_raw_uint8_images_like_the_evaluation(digits_run, tmp_path):
-    from pipeline.data.load import read_split
+    from pipeline.data.h5 import read_split
     from pipeline.serving.inference import Predictor
 
     _, out = digits_run

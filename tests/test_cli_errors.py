@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.data.load import write_split
+from pipeline.data.h5 import write_split
 from tests.support import pipeline_env, wait_for
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses

@@ -1,4 +1,4 @@
-"""Tests of pipeline.data.imagefolder: converting ROOT/<class name>/<image> folders to HDF5 files."""
+"""Tests of pipeline.data.imagefolder: ROOT/<class name>/<image> folders as HDF5 files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.h5 import read_split
 from pipeline.data.imagefolder import image_folder_to_h5, to_rgb
-from pipeline.data.load import read_split
 from tests.support import make_image_folder, pipeline_env
 
 SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits"

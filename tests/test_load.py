@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.data.dataset import Dataset, Split
-from pipeline.data.load import (
-    digits_to_h5,
-    load_dataset,
-    read_split,
-    split_validation,
-    write_split,
-)
+from pipeline.data.h5 import read_split, write_split
+from pipeline.data.load import digits_to_h5, load_dataset, split_validation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIGNS_TEST = SHARED / "signs" / "test_signs.h5"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.data.h5 import read_split
 from pipeline.data.imagefolder import image_folder_to_h5
-from pipeline.data.load import read_split
 from tests.support import SHARED_DATA, make_image_folder, pipeline_env
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses

@@ -22,7 +22,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from pipeline.data.load import read_split  # noqa: E402
+from pipeline.data.h5 import read_split  # noqa: E402
 from pipeline.serving.inference import Predictor  # noqa: E402
 from pipeline.serving.mlflow_model import (  # noqa: E402
     ARTIFACTS,

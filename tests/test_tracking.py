@@ -19,9 +19,9 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: p
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import run as entry  # noqa: E402
+from pipeline.run_files import MLFLOW_RUN  # noqa: E402
 from pipeline.tracking import names  # noqa: E402
 from pipeline.tracking.names import flatten, git_commit  # noqa: E402
-from pipeline.run_files import MLFLOW_RUN  # noqa: E402
 from pipeline.tracking.store import (  # noqa: E402
     MODEL_TRAINING,
     TrackingError,

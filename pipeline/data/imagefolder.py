@@ -2,7 +2,7 @@
 
 ``write_image_folder`` decodes every image (8-bit RGB by ``to_rgb``, resized with
 LANCZOS), splits train from test (or takes a separate test folder) and writes the pair
-with ``load.write_split``, e.g. for ``../shared/data/sign-language-digits``;
+with ``h5.write_split``, e.g. for ``../shared/data/sign-language-digits``;
 ``image_folder_to_h5`` does the same as a ``pipeline.data.cache`` pair, a new pair when the
 source images or the parameters change. ``load.load_dataset`` reads them like any other
 pair, and ``python -m pipeline.make_h5`` writes one from the command line.
@@ -23,14 +23,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.cache import cached_pair
-from pipeline.data.load import (
-    FORMAT_VERSION,
-    SPLITS,
-    PathLike,
-    check_fraction,
-    stratified_split,
-    write_split,
-)
+from pipeline.data.h5 import SPLITS, PathLike, write_split
+from pipeline.data.load import FORMAT_VERSION, check_fraction, stratified_split
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 # LANCZOS: windowed-sinc filter, antialiased when shrinking (100 -> 64 or 32 pixels), so fine
@@ -173,7 +167,7 @@ def write_image_folder(
     test_root: PathLike | None = None,
 ) -> tuple[Path, Path]:
     """Write an image folder ``ROOT/<class name>/<image>`` as a train and a test file in
-    the SIGNS layout (``load.write_split``).
+    the SIGNS layout (``h5.write_split``).
 
     Each image is converted to RGB (``to_rgb``) and resized to (image_size, image_size)
     with LANCZOS (antialiased when shrinking, e.g. 100 -> 64). Classes are the non-hidden

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline.data import imagefolder, load
+from pipeline.data import h5, imagefolder, load
 
 
 class Labels(NamedTuple):
@@ -82,7 +82,7 @@ def _signs_pair(d: Any, seed: int) -> tuple[Path, Path]:
 
 
 def _signs_labels(d: Any) -> Labels:
-    train, test = load.read_pair(d.train_path, d.test_path, images=False)
+    train, test = h5.read_pair(d.train_path, d.test_path, images=False)
     return Labels(train[1], test[1], train[3], train[0].shape[1:])
 
 

@@ -46,11 +46,7 @@ def evaluate(
     ``{precision, recall, f1}`` and ``confusion_matrix`` (K lists of K counts; row = true
     class, column = predicted class). Classes never predicted or absent get 0, not an error.
     """
-    from sklearn.metrics import (
-        classification_report,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
+    from sklearn.metrics import classification_report
 
     batch_size = check_positive_int("evaluate", "batch_size", batch_size)
     K = len(class_names)
@@ -65,47 +61,48 @@ def evaluate(
             f"got {len(test.x)} images, {len(test.y)} labels"
         )
     loss, pred = loss_and_predictions(net, loss_fn, test, batch_size)
-    y, labels = test.y, list(range(K))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, zero_division=0
-    )
-    cm = confusion_matrix(y, pred, labels=labels)  # (K, K) counts, rows = true class
-    metrics: dict[str, Any] = {
-        "test_loss": float(loss),
-        "test_accuracy": float(np.mean(pred == y)),
-        "num_examples": len(y),
-        "class_names": list(class_names),
-        "per_class": {
-            name: {
-                "precision": float(precision[k]),
-                "recall": float(recall[k]),
-                "f1": float(f1[k]),
-                "support": int(support[k]),
-            }
-            for k, name in enumerate(class_names)
-        },
-        "macro_avg": {
-            "precision": float(precision.mean()),
-            "recall": float(recall.mean()),
-            "f1": float(f1.mean()),
-        },
-        "confusion_matrix": cm.tolist(),
-    }
-    report = classification_report(
-        y, pred, labels=labels, target_names=class_names, digits=4, zero_division=0
-    )
-
+    metrics = scores(test.y, pred, class_names)
+    metrics["test_loss"] = float(loss)
+    report = classification_report(test.y, pred, labels=list(range(K)),
+                                   target_names=class_names, digits=4, zero_division=0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / CLASSIFICATION_REPORT).write_text(
         f"test loss {metrics['test_loss']:.4f}  accuracy {metrics['test_accuracy']:.4f}  "
-        f"({len(y)} examples)\n\n{report}"
+        f"({len(test)} examples)\n\n{report}"
     )
-    plot_confusion_matrix(cm, class_names, out_dir / CONFUSION_MATRIX)
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names,
+                          out_dir / CONFUSION_MATRIX)
     if history is not None and history.records:
         plot_learning_curve(history, out_dir / LEARNING_CURVE)
     return metrics
+
+
+def scores(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """The metrics of predictions ``pred`` (m,) for labels ``y`` (m,), both in ``[0, K)``
+    (``evaluate``'s dict, without the loss)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    cm = confusion_matrix(y, pred, labels=labels)  # (K, K) counts, rows = true class
+    return {
+        "test_loss": None,
+        "test_accuracy": float(np.mean(pred == y)),
+        "num_examples": len(y),
+        "class_names": list(class_names),
+        "per_class": {
+            name: {"precision": float(precision[k]), "recall": float(recall[k]),
+                   "f1": float(f1[k]), "support": int(support[k])}
+            for k, name in enumerate(class_names)
+        },
+        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                      "f1": float(f1.mean())},
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) -> None:
