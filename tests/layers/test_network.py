@@ -14,7 +14,7 @@ from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import make_optimizer
 from layers.pool import Pool2D
-from tests.gradcheck import numerical_grad, rel_error
+from tests.layers.gradcheck import numerical_grad, rel_error
 
 INPUT = (4, 4, 2)
 K = 5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from layers.losses import SoftmaxCrossEntropy, softmax
-from tests.gradcheck import numerical_grad, rel_error
+from tests.layers.gradcheck import numerical_grad, rel_error
 
 
 def batch(m: int = 7, K: int = 5, scale: float = 3.0, seed: int = 0):

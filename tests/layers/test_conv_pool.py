@@ -21,7 +21,7 @@ import pytest
 from layers import reference
 from layers.conv import Conv2D
 from layers.pool import Pool2D
-from tests.gradcheck import numerical_grad, rel_error
+from tests.layers.gradcheck import numerical_grad, rel_error
 
 TOL = 1e-10
 

@@ -31,8 +31,8 @@ from layers.network import Network
 from layers.optim import Optimizer, make_optimizer
 from layers.pool import Pool2D
 
-# The repository root's parent holds shared/; this file is <root>/tests/test_training.py.
-SIGNS = Path(__file__).resolve().parents[2] / "shared/data/signs/test_signs.h5"
+# The repository root's parent holds shared/; this file is <root>/tests/layers/test_learning.py.
+SIGNS = Path(__file__).resolve().parents[3] / "shared/data/signs/test_signs.h5"
 N_CLASSES = 6
 BATCH = 32
 SEED = 0
