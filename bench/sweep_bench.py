@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import report
+from pipeline.tracking import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = {
@@ -48,8 +48,8 @@ def run_sweep(launcher: list[str], epochs: int, cache: Path) -> float:
             raise SystemExit(f"sweep failed:\n{proc.stderr[-3000:]}")
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("pipeline-digits").experiment_id
-        parent = client.search_runs([exp], f"tags.`{report.SWEEP_TAG}` = 'true'")[0]
-        children = report.child_runs(client, exp, parent.info.run_id)
+        parent = client.search_runs([exp], f"tags.`{summary.SWEEP_TAG}` = 'true'")[0]
+        children = summary.child_runs(client, exp, parent.info.run_id)
         statuses = [parent.info.status] + [c.info.status for c in children]
         if statuses != ["FINISHED"] * 5:
             raise SystemExit(f"expected a FINISHED parent and 4 children, got {statuses}")

@@ -1,6 +1,7 @@
 """The code's layout as a specification: which module may import which, and how big a module
-and a function may grow (a function's docstring not counted). Every import counts, also those inside functions and under
-``TYPE_CHECKING``: a lazy import that closes a circle is still a circle."""
+and a function may grow (a function's docstring not counted). Every import counts, also
+those inside functions and under ``TYPE_CHECKING``: a lazy import that closes a circle is
+still a circle."""
 
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline import report  # noqa: E402
-from pipeline.tracking import names  # noqa: E402
+from pipeline.tracking import (
+    names,  # noqa: E402
+    summary,  # noqa: E402
+)
 from pipeline.tracking.store import SweepParent  # noqa: E402
 from pipeline.tracking.sweep import end_sweep  # noqa: E402
 
@@ -30,12 +33,12 @@ def sweep(tmp_path):
     """A parent swept over pool mode and lr, and its four children (one failed)."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("sweeps", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp, tags={report.SWEEP_TAG: "true"}).info.run_id
+    parent = client.create_run(exp, tags={summary.SWEEP_TAG: "true"}).info.run_id
     client.log_batch(parent, params=[Param("sweep.model.pool_mode", "max,average"),
                                      Param("sweep.optimizer.lr", "0.01,0.001")])
     ids = []
     for overrides, status, best, val_loss in CHILDREN:
-        run = client.create_run(exp, tags={report.PARENT_TAG: parent, "overrides": overrides})
+        run = client.create_run(exp, tags={summary.PARENT_TAG: parent, "overrides": overrides})
         now = int(time.time() * 1000)
         metrics = [] if best is None else [
             Metric(names.OBJECTIVE, best, now, 0), Metric("loss/val", val_loss, now, 0),
@@ -50,13 +53,13 @@ def sweep(tmp_path):
 
 def test_rows_are_sorted_by_the_objective_ties_by_val_loss_failures_last(sweep):
     client, _, parent, ids = sweep
-    table = report.sweep_table(client, parent)
+    table = summary.sweep_table(client, parent)
     assert list(table.run_id) == [ids[3], ids[1], ids[0], ids[2]]
     assert list(table.columns[:3]) == ["status", "model.pool_mode", "optimizer.lr"]
     assert table["optimizer.lr"].dtype.kind == "f"  # numbers, not strings
-    assert math.isnan(table[report.OBJECTIVE].iloc[-1])
+    assert math.isnan(table[summary.OBJECTIVE].iloc[-1])
     assert list(table.error) == ["", "", "", "ValueError: boom"]
-    text = report.format_table(table)
+    text = summary.format_table(table)
     assert text.splitlines()[1].split()[:3] == ["FINISHED", "average", "0.001"]
 
 
@@ -85,9 +88,9 @@ def test_the_summary_goes_on_the_parent_with_the_best_run(sweep, tmp_path):
 
 def test_an_interrupted_sweep_ends_killed_and_kills_runs_left_running(sweep):
     client, exp, parent, _ = sweep
-    running = client.create_run(exp, tags={report.PARENT_TAG: parent}).info.run_id
+    running = client.create_run(exp, tags={summary.PARENT_TAG: parent}).info.run_id
     client.set_terminated(next(  # no failure among the others: KILLED, not FAILED
-        c.info.run_id for c in report.child_runs(client, exp, parent)
+        c.info.run_id for c in summary.child_runs(client, exp, parent)
         if c.info.status == "FAILED"), "FINISHED")
     assert end_sweep(SweepParent(parent, exp, client.tracking_uri), None, False) == "KILLED"
     assert client.get_run(running).info.status == "KILLED"
@@ -97,12 +100,12 @@ def test_an_interrupted_sweep_ends_killed_and_kills_runs_left_running(sweep):
 
 def test_an_optuna_study_gives_the_best_params(sweep, tmp_path):
     client, _, parent, _ = sweep
-    table = report.sweep_table(client, parent)
+    table = summary.sweep_table(client, parent)
     (tmp_path / "optimization_results.yaml").write_text(
         "name: optuna\nbest_params:\n  optimizer.lr: 0.0123\nbest_value: 0.96\n"
     )
-    assert report.best_params(table, ["optimizer.lr"], tmp_path) == {"optimizer.lr": 0.0123}
-    assert report.best_params(table, ["optimizer.lr"], None) == {"optimizer.lr": 0.001}
+    assert summary.best_params(table, ["optimizer.lr"], tmp_path) == {"optimizer.lr": 0.0123}
+    assert summary.best_params(table, ["optimizer.lr"], None) == {"optimizer.lr": 0.001}
 
 
 def test_the_latest_sweep_is_found_by_experiment_or_run_id(sweep):
@@ -128,19 +131,19 @@ def test_the_best_finished_model_is_champion_unless_the_champion_validated_bette
     client, exp, parent, ids = sweep
     for run_id in ids:
         ready_model(client, exp, run_id)
-    version = report.register_champion(client, parent, report.sweep_table(client, parent),
+    version = summary.register_champion(client, parent, summary.sweep_table(client, parent),
                                        "digits", "champion")
     champion = client.get_model_version_by_alias("digits", "champion")
     assert champion.version == version and champion.run_id == ids[3]  # 0.95, lower val loss
     assert client.get_run(parent).data.tags["registered_model"] == (
         f"models:/digits@champion (version {version})")
 
-    worse = client.create_run(exp, tags={report.SWEEP_TAG: "true"}).info.run_id
-    child = client.create_run(exp, tags={report.PARENT_TAG: worse}).info.run_id
+    worse = client.create_run(exp, tags={summary.SWEEP_TAG: "true"}).info.run_id
+    child = client.create_run(exp, tags={summary.PARENT_TAG: worse}).info.run_id
     client.log_batch(child, metrics=[Metric(names.OBJECTIVE, 0.5, int(time.time() * 1000), 0)])
     client.set_terminated(child, "FINISHED")
     ready_model(client, exp, child)
-    second = report.register_champion(client, worse, report.sweep_table(client, worse),
+    second = summary.register_champion(client, worse, summary.sweep_table(client, worse),
                                       "digits", "champion")
     assert second != version  # registered, but the champion stays
     assert client.get_model_version_by_alias("digits", "champion").version == version
@@ -149,5 +152,5 @@ def test_the_best_finished_model_is_champion_unless_the_champion_validated_bette
 
 def test_no_champion_without_a_finished_run_that_has_a_ready_model(sweep):
     client, _, parent, _ = sweep
-    assert report.register_champion(client, parent, report.sweep_table(client, parent),
+    assert summary.register_champion(client, parent, summary.sweep_table(client, parent),
                                     "digits", "champion") is None  # no logged models at all

@@ -21,8 +21,7 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: p
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from pipeline import report  # noqa: E402
-from pipeline.tracking import names  # noqa: E402
+from pipeline.tracking import names, summary  # noqa: E402
 from tests.support import pipeline_env  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
@@ -51,11 +50,11 @@ def the_sweep(tmp_path: Path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiments = client.search_experiments()
     parents = client.search_runs(
-        [e.experiment_id for e in experiments], f"tags.`{report.SWEEP_TAG}` = 'true'"
+        [e.experiment_id for e in experiments], f"tags.`{summary.SWEEP_TAG}` = 'true'"
     )
     assert len(parents) == 1, parents
     parent = parents[0]
-    children = report.child_runs(client, parent.info.experiment_id, parent.info.run_id)
+    children = summary.child_runs(client, parent.info.experiment_id, parent.info.run_id)
     everything = client.search_runs([e.experiment_id for e in experiments])
     assert len(everything) == 1 + len(children), "runs outside the sweep's parent"
     return client, parent, children
@@ -68,9 +67,9 @@ def assert_summary(client: MlflowClient, parent, n_rows: int) -> pd.DataFrame:
     table = pd.read_csv(local)
     assert len(table) == n_rows
     finished = table[table.status == "FINISHED"]
-    assert list(finished[report.OBJECTIVE]) == sorted(finished[report.OBJECTIVE], reverse=True)
+    assert list(finished[summary.OBJECTIVE]) == sorted(finished[summary.OBJECTIVE], reverse=True)
     assert parent.data.tags["best_run_id"] == table.run_id[0]
-    assert parent.data.metrics[names.OBJECTIVE] == pytest.approx(table[report.OBJECTIVE][0])
+    assert parent.data.metrics[names.OBJECTIVE] == pytest.approx(table[summary.OBJECTIVE][0])
     (objective,) = client.get_metric_history(parent.info.run_id, names.OBJECTIVE)
     assert objective.timestamp >= parent.info.start_time  # a real time, not 1970
     champion = client.get_model_version_by_alias("pipeline-digits", "champion")
@@ -321,11 +320,11 @@ def test_a_child_is_named_by_its_swept_values():
 
 def test_override_values_are_read_back_from_the_overrides_tag():
     tag = "model.pool_mode=average +experiment=maxpool optimizer.lr=0.001 model.conv1.f=3"
-    assert report.override_value(tag, "model.pool_mode") == "average"
-    assert report.override_value(tag, "experiment") == "maxpool"
-    assert report.override_value(tag, "model.conv1.f") == "3"
-    assert report.override_value(tag, "f") is None
-    assert report.override_value("", "seed") is None
+    assert summary.override_value(tag, "model.pool_mode") == "average"
+    assert summary.override_value(tag, "experiment") == "maxpool"
+    assert summary.override_value(tag, "model.conv1.f") == "3"
+    assert summary.override_value(tag, "f") is None
+    assert summary.override_value("", "seed") is None
 
 
 def test_the_shipped_launcher_and_search_configs_compose():

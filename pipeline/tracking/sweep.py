@@ -11,7 +11,7 @@
   learns the parent from it (``current_parent``) and the time it started
   (``job_started_at``), and starts its run as a child with ``mlflow.parentRunId``.
   ``MLFLOW_RUN_ID`` is never used: MLflow would let it win over the parent;
-* ``on_multirun_end`` when every job has returned: the summary (``pipeline.report``) goes
+* ``on_multirun_end`` when every job has returned: the summary (``tracking.summary``) goes
   on the parent; if every job finished, the best child's model is registered in the Model
   Registry (under ``tracking.register_model``, default: the experiment's name) and becomes
   its ``champion`` unless that one validated better; the parent ends FINISHED, or FAILED
@@ -38,8 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline
-from pipeline import report
-from pipeline.tracking import names
+from pipeline.tracking import names, summary
 from pipeline.tracking.names import source_tags
 from pipeline.tracking.store import (
     DESCRIPTION_TAG,
@@ -141,7 +140,7 @@ class MlflowSweepCallback(Callback):
             start_time=int(pipeline.STARTED_AT * 1000),
             run_name=names.sweep_run_name(config, space),
             tags={
-                report.SWEEP_TAG: "true",
+                summary.SWEEP_TAG: "true",
                 "dataset": names.dataset_label(config.data),
                 "overrides": " ".join(typed),
                 "sweep_dir": str(self.sweep_dir),
@@ -204,7 +203,7 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
 
     client = MlflowClient(parent.tracking_uri)
     counts: Counter[str] = Counter()
-    for child in report.child_runs(client, parent.experiment_id, parent.run_id):
+    for child in summary.child_runs(client, parent.experiment_id, parent.run_id):
         child_status = child.info.status
         if child_status in ("RUNNING", "SCHEDULED"):
             end_run(client, child.info.run_id, "KILLED", "the sweep ended before this job did")
@@ -221,13 +220,13 @@ def end_sweep(parent: SweepParent, sweep_dir: Path | None, completed: bool,
     )
     table = None
     try:
-        table = report.log_summary(client, parent.run_id, sweep_dir)
+        table = summary.log_summary(client, parent.run_id, sweep_dir)
     except Exception as e:  # the parent must still end; say why the summary is missing
         log.exception("[sweep] no summary")
         client.set_tag(parent.run_id, "summary_error", one_line(e)[:MAX_TAG_LENGTH])
     if register_as and table is not None and status != "KILLED":  # the best finished job
         try:
-            if report.register_champion(client, parent.run_id, table, register_as, CHAMPION):
+            if summary.register_champion(client, parent.run_id, table, register_as, CHAMPION):
                 where = client.get_run(parent.run_id).data.tags["registered_model"]
                 log.info("[sweep] best model registered: %s", where)
         except Exception as e:  # as above: the parent still ends, saying why
