@@ -161,6 +161,12 @@ class Layer:
         if any(d < 1 for d in input_shape):
             raise self.error("every input dimension must be at least 1", input_shape)
 
+    def check_gradient(self, dout: np.ndarray, x_shape: Shape) -> None:
+        """Raise a ValueError unless ``dout`` has the shape of this layer's output for the
+        batch of shape ``x_shape`` (m, *input_shape) that forward saw."""
+        if dout.shape != (x_shape[0], *self.output_shape(x_shape[1:])):
+            raise self.error(f"gradient shape {dout.shape} does not match the output", x_shape[1:])
+
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
         """Compute the output for a batch ``X`` of shape ``(m, *input_shape)``."""
         raise NotImplementedError

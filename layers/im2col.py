@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from layers.base import Shape
 from layers.parallel import over_batch
 
 Padding = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -60,27 +61,58 @@ def resolve_padding(pad: int | str, n_H: int, n_W: int, f: int, stride: int) -> 
     return (int(pad), int(pad), int(pad), int(pad))
 
 
-def pad_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = None) -> np.ndarray:
+def padded_shape(shape: Shape, padding: Padding) -> Shape:
+    """The shape of ``pad_images``'s result for images of ``shape`` (m, n_H, n_W, n_C)."""
+    top, bottom, left, right = padding
+    m, n_H, n_W, n_C = shape
+    return (m, n_H + top + bottom, n_W + left + right, n_C)
+
+
+def pad_images(X: np.ndarray, padding: Padding, out: np.ndarray | None = None) -> np.ndarray:
     """Zero-pad height and width of ``X`` (m, n_H, n_W, n_C) by ``(top, bottom, left, right)``.
 
-    Returns an array (m, n_H + top + bottom, n_W + left + right, n_C) of X's dtype, new or
-    ``reuse`` (an earlier result for the same shapes and padding, whose padding is zero
-    already); returns X itself when there is no padding.
+    Returns X itself when there is no padding, else an array of X's dtype,
+    ``padded_shape(X.shape, padding)``: new, or ``out`` (any contents) filled.
     """
-    top, bottom, left, right = padding
     if not any(padding):
         return X
-    m, n_H, n_W, n_C = X.shape
-    out = _zeros(reuse, (m, n_H + top + bottom, n_W + left + right, n_C), X.dtype)
-    out[:, top : top + n_H, left : left + n_W, :] = X
+    out = np.empty(padded_shape(X.shape, padding), X.dtype) if out is None else out
+    _frame(out, X, padding, axis=1)
     return out
 
 
-def _zeros(reuse: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """``reuse`` when it has this shape and dtype (its padding is still zero), else zeros."""
-    if reuse is not None and reuse.shape == shape and reuse.dtype == dtype:
-        return reuse
-    return np.zeros(shape, dtype=dtype)
+def planar_shape(shape: Shape, padding: Padding) -> Shape:
+    """The shape of ``planar_images``'s result for images of ``shape`` (m, n_H, n_W, n_C)."""
+    m, n_H_pad, n_W_pad, n_C = padded_shape(shape, padding)
+    return (m, n_C, n_H_pad + 1, n_W_pad)
+
+
+def planar_images(X: np.ndarray, padding: Padding, out: np.ndarray | None = None) -> np.ndarray:
+    """Zero-pad ``X`` (m, n_H, n_W, n_C) into channel planes for ``im2col_planar``.
+
+    Returns an array of X's dtype, ``planar_shape(X.shape, padding)``, that is
+    (m, n_C, n_H + top + bottom + 1, n_W + left + right): each channel a padded image, plus
+    one extra zero row at the bottom so that every kernel offset of a stride-1 window reads
+    one contiguous run (see ``im2col_planar``). New, or ``out`` (any contents) filled.
+    """
+    top, bottom, left, right = padding
+    out = np.empty(planar_shape(X.shape, padding), X.dtype) if out is None else out
+    _frame(out, X.transpose(0, 3, 1, 2), (top, bottom + 1, left, right), axis=2)
+    return out
+
+
+def _frame(out: np.ndarray, X: np.ndarray, padding: Padding, axis: int) -> None:
+    """Write X into ``out`` with ``padding`` zeros around it on axes ``axis`` and ``axis + 1``
+    (height and width); the other axes of X and ``out`` are the same."""
+    top, _, left, _ = padding
+    n_H, n_W = X.shape[axis : axis + 2]
+    lead = (slice(None),) * axis
+    rows, cols = slice(top, top + n_H), slice(left, left + n_W)
+    out[(*lead, slice(None, top))] = 0
+    out[(*lead, slice(top + n_H, None))] = 0
+    out[(*lead, rows, slice(None, left))] = 0
+    out[(*lead, rows, slice(left + n_W, None))] = 0
+    out[(*lead, rows, cols)] = X
 
 
 def offset_slices(i: int, j: int, n_H: int, n_W: int, stride: int) -> tuple[slice, slice]:
@@ -101,7 +133,7 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     Args:
         A_pad: padded input, (m, n_H_pad, n_W_pad, n_C).
         f: window size; stride: step between windows.
-        out: optional buffer with at least ``m*n_H*n_W*f*f*n_C`` elements to write into.
+        out: optional C-contiguous array of the result's shape to write into.
 
     Returns:
         cols, (m*n_H*n_W, f*f*n_C), rows ordered like the output pixels (m, h, w) and
@@ -113,33 +145,18 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     windows = np.lib.stride_tricks.sliding_window_view(A_pad, (f, f), axis=(1, 2))
     windows = windows[:, ::stride, ::stride]  # (m, n_H, n_W, n_C, f, f), a view
     windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (m, n_H, n_W, f, f, n_C), a view
-    size = m * n_H * n_W * f * f * n_C
-    cols = np.empty(size, A_pad.dtype) if out is None else out.reshape(-1)[:size]
-    dst = cols.reshape(m, n_H, n_W, f, f, n_C)
+    cols = np.empty((m * n_H * n_W, f * f * n_C), A_pad.dtype) if out is None else out
+    dst = cols.reshape(m, n_H, n_W, f, f, n_C)  # a view of cols
     over_batch(  # the one copy, split over the batch between threads
         lambda start, stop: np.copyto(dst[start:stop], windows[start:stop]),
-        m, 2 * size * A_pad.itemsize,
+        m, 2 * cols.nbytes,
     )
-    return cols.reshape(m * n_H * n_W, f * f * n_C)
+    return cols
 
 
-def planar_images(X: np.ndarray, padding: Padding, reuse: np.ndarray | None = None) -> np.ndarray:
-    """Zero-pad ``X`` (m, n_H, n_W, n_C) into channel planes for ``im2col_planar``.
-
-    Returns (m, n_C, n_H + top + bottom + 1, n_W + left + right) of X's dtype: each
-    channel a padded image, plus one extra zero row at the bottom so that every kernel
-    offset of a stride-1 window reads one contiguous run (see ``im2col_planar``).
-    ``reuse``: an earlier result for the same shapes and padding, overwritten (its
-    padding is zero already) instead of allocating a new array.
-    """
-    top, bottom, left, right = padding
-    m, n_H, n_W, n_C = X.shape
-    planes = _zeros(reuse, (m, n_C, n_H + top + bottom + 1, n_W + left + right), X.dtype)
-    planes[:, :, top : top + n_H, left : left + n_W] = X.transpose(0, 3, 1, 2)
-    return planes
-
-
-def im2col_planar(planes: np.ndarray, f: int, n_H: int, out: np.ndarray) -> np.ndarray:
+def im2col_planar(
+    planes: np.ndarray, f: int, n_H: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """The transposed im2col matrix of a stride-1 window, for inputs with few channels.
 
     ``im2col`` copies one short run of ``f*n_C`` values per window row: for the first layer
@@ -153,7 +170,7 @@ def im2col_planar(planes: np.ndarray, f: int, n_H: int, out: np.ndarray) -> np.n
     Args:
         planes: (c, n_C, n_H_pad + 1, n_W_pad) from ``planar_images``.
         f: window size (stride 1); n_H: output height, ``n_H_pad - f + 1``.
-        out: buffer with at least ``f*f*n_C * c*n_H*n_W_pad`` elements to write into.
+        out: optional C-contiguous array of the result's shape to write into.
 
     Returns:
         colsT, (f*f*n_C, c*n_H*n_W_pad): rows in the order of ``W.reshape(f*f*n_C, -1)``,
@@ -168,10 +185,9 @@ def im2col_planar(planes: np.ndarray, f: int, n_H: int, out: np.ndarray) -> np.n
         strides=(n_W_pad * item, item, planes.strides[1], planes.strides[0], item),
         writeable=False,
     )
-    size = f * f * n_C * c * run
-    dst = out.reshape(-1)[:size].reshape(f, f, n_C, c, run)
-    np.copyto(dst, runs)
-    return dst.reshape(f * f * n_C, c * run)
+    colsT = np.empty((f * f * n_C, c * run), planes.dtype) if out is None else out
+    np.copyto(colsT.reshape(f, f, n_C, c, run), runs)  # into a view of colsT
+    return colsT
 
 
 def col2im_add(

@@ -1,11 +1,11 @@
-"""Batch-split threads: each thread runs a layer's work on its own slice of the batch.
+"""Batch-split threads, chunks of the batch, and the buffers they reuse.
 
 The im2col copy and pooling are plain NumPy copies and ufunc loops, which run on one core
 however many BLAS threads there are; a convolution's matrix products are many and skinny
 (few filters), and BLAS shares each one out between its threads at a cost (a wake-up and a
 join per product). NumPy releases the GIL inside all of these, so a few threads working on
 separate slices of the batch run truly in parallel, as PyTorch's intra-op thread pool does:
-a convolution runs its whole chunk loop (im2col, product, bias) in each thread.
+a convolution runs whole chunks of examples (im2col, product, bias) in each thread.
 
 Two kinds of threads must not compete for the cores, so BLAS is held to one thread
 (threadpoolctl) wherever these threads work: inside ``over_batch`` and, through
@@ -13,9 +13,15 @@ Two kinds of threads must not compete for the cores, so BLAS is held to one thre
 epoch with both kinds takes 0.33-0.41 s, with BLAS threads alone 0.27-0.40 s depending on
 the host's mood, with ours alone 0.23-0.28 s.)
 
-``over_batch`` runs the work::
+``over_batch`` runs work on slices of the batch; ``over_chunks`` runs it chunk by chunk
+(``chunk_size`` examples each), the chunks shared out between the threads::
 
     over_batch(lambda start, stop: np.copyto(out[start:stop], src[start:stop]), m, nbytes)
+    over_chunks(lambda k, start, stop: ..., m, chunk_size(m, example_bytes, budget), nbytes)
+
+``reused`` is the one way layers keep big arrays from call to call (the padded input, an
+im2col matrix): in a layer's own store, or in ``thread_buffers()`` for the scratch arrays
+each thread fills.
 
 The number of threads defaults to the CPUs this process may run on, capped by
 ``OMP_NUM_THREADS`` when that is set (joblib's workers set it to share the cores);
@@ -34,8 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from layers.base import Shape
+
 # Below this much data per thread, handing work to a thread costs more than it saves.
 MIN_BYTES_PER_THREAD = 1 << 20
+# Work big enough for threads is cut into at least this many chunks (see ``chunk_size``).
+MIN_CHUNKS = 8
 
 
 def _default_threads() -> int:
@@ -49,7 +59,7 @@ _num_threads = _default_threads()
 _pool: ThreadPoolExecutor | None = None
 _blas: Any = None  # threadpoolctl's controller of the BLAS libraries loaded (found once)
 _inside = threading.local()  # .active: this thread is already running over_batch work
-_scratch = threading.local()  # .buffers: this thread's scratch arrays, by name
+_thread_local = threading.local()  # .buffers: this thread's store for ``reused``
 
 
 def num_threads() -> int:
@@ -78,16 +88,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def scratch(name: str, size: int, dtype: Any) -> np.ndarray:
-    """This thread's scratch array ``name`` of ``size`` elements (uninitialised), reused
-    from call to call: memory freed and allocated afresh costs a page fault per 4 KiB on
-    first touch (several microseconds each on a VM), and a thread's own memory is handed
-    back to the system eagerly. Valid until this thread asks for ``name`` again."""
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    buf = buffers.get(name)
+def reused(store: dict[str, np.ndarray], name: str, shape: Shape, dtype: Any) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` (contents left over) on memory kept in
+    ``store[name]`` from call to call.
+
+    Memory freed and allocated afresh costs a page fault per 4 KiB on first touch (several
+    microseconds each on a VM), and big arrays are handed back to the system eagerly. The
+    memory grows to the largest size asked for, so a smaller last batch or chunk reuses it
+    too. The array is a C-contiguous view, valid until ``name`` is asked for again.
+    """
+    size = math.prod(shape)
+    buf = store.get(name)
     if buf is None or buf.size < size or buf.dtype != dtype:
-        buffers[name] = buf = np.empty(size, dtype=dtype)
-    return buf[:size]
+        store[name] = buf = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def thread_buffers() -> dict[str, np.ndarray]:
+    """The calling thread's own store for ``reused``: scratch arrays that threads running
+    slices of one batch fill at the same time."""
+    return _thread_local.__dict__.setdefault("buffers", {})
 
 
 def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
@@ -137,3 +157,31 @@ def over_batch(work: Callable[[int, int], None], m: int, nbytes: int) -> None:
         finally:
             for future in futures:
                 future.result()
+
+
+def chunk_size(m: int, example_bytes: int, budget: int) -> int:
+    """Examples per chunk for ``over_chunks``: a chunk of ``example_bytes`` per example stays
+    near ``budget`` bytes (at least one example), and work big enough for threads (twice
+    ``MIN_BYTES_PER_THREAD``) is cut into at least ``MIN_CHUNKS`` chunks so that they share
+    it evenly. It depends on the shapes only, not on the number of threads: nor, then, do
+    results summed chunk by chunk."""
+    chunk = max(1, budget // max(1, example_bytes))
+    if m * example_bytes >= 2 * MIN_BYTES_PER_THREAD:
+        chunk = min(chunk, math.ceil(m / MIN_CHUNKS))
+    return chunk
+
+
+def over_chunks(work: Callable[[int, int, int], None], m: int, chunk: int, nbytes: int) -> None:
+    """Call ``work(k, start, stop)`` for every chunk ``k`` of ``chunk`` examples covering
+    ``range(m)`` (``start = k * chunk``; the last chunk may be smaller).
+
+    The chunks are shared out between threads by ``over_batch`` (``nbytes``: what the whole
+    call touches); each thread runs consecutive chunks in order. ``work`` must write only
+    to its own chunk's examples and to slots indexed by ``k``.
+    """
+
+    def chunks(first: int, last: int) -> None:
+        for k in range(first, last):
+            work(k, k * chunk, min(k * chunk + chunk, m))
+
+    over_batch(chunks, math.ceil(m / chunk), nbytes)

@@ -20,6 +20,7 @@ import pytest
 
 from layers import reference
 from layers.conv import Conv2D
+from layers.im2col import pad_images, padded_shape, planar_images, planar_shape
 from layers.pool import Pool2D
 from tests.layers.gradcheck import numerical_grad, rel_error
 
@@ -346,8 +347,44 @@ def test_padded_inputs_are_reused_but_never_the_callers_arrays():
     fresh.params = conv.params
     for X in (X8, X7, X8, X7, X7):
         np.testing.assert_array_equal(conv.forward(X), fresh.forward(X.copy()))
-        fresh._padded = None  # a fresh layer's view: nothing to reuse
+        fresh._buffers.clear()  # a fresh layer's view: nothing to reuse
     np.testing.assert_array_equal(X8, before)
+
+
+@pytest.mark.parametrize("n_C_prev", [3, 6], ids=["planar", "rows"])
+def test_reused_buffers_give_fresh_results_when_the_input_size_changes(n_C_prev):
+    """The padded input and the kept im2col matrix live in memory reused from batch to
+    batch: a smaller, then a bigger batch or image leaves nothing behind (the padding is
+    written each time, not assumed to be zero still)."""
+    rng = np.random.default_rng(8)
+    conv = built_conv(4, 3, 1, 1, (8, 8, n_C_prev), rng)
+    fresh = built_conv(4, 3, 1, 1, (8, 8, n_C_prev), rng)
+    fresh.params = conv.params
+    for shape in ((5, 8, 8), (2, 6, 5), (5, 8, 8), (3, 7, 9), (1, 8, 8)):
+        X = rng.standard_normal((*shape, n_C_prev))
+        dZ = rng.standard_normal((*shape, 4))
+        fresh._buffers.clear()
+        for got, expected in zip(conv_results(conv, X, dZ), conv_results(fresh, X, dZ),
+                                 strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("padding", [(1, 2, 0, 3), (0, 0, 2, 2), (2, 1, 1, 0)])
+def test_padding_into_a_used_buffer_equals_np_pad(padding):
+    """pad_images and planar_images write the zeros too: any old contents of ``out`` go."""
+    top, bottom, left, right = padding
+    X = np.random.default_rng(9).standard_normal((2, 5, 4, 3))
+    expected = np.pad(X, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out = np.full(padded_shape(X.shape, padding), np.nan)
+    assert pad_images(X, padding, out) is out
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(pad_images(X, padding), expected)
+    planes = np.full(planar_shape(X.shape, padding), np.nan)
+    assert planar_images(X, padding, planes) is planes
+    wanted = np.pad(expected.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (0, 1), (0, 0)))
+    np.testing.assert_array_equal(planes, wanted)  # plus one zero row at the bottom
+    np.testing.assert_array_equal(planar_images(X, padding), wanted)
+    assert pad_images(X, (0, 0, 0, 0), out) is X  # no padding: X itself, out untouched
 
 
 def test_first_layer_can_skip_the_input_gradient():

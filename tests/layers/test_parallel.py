@@ -87,6 +87,77 @@ def test_set_num_threads_rejects_non_positive():
         parallel.set_num_threads(0)
 
 
+def test_over_chunks_runs_every_chunk_once_with_its_index(threads):
+    threads(3)
+    seen: list[tuple[int, int, int]] = []
+    parallel.over_chunks(lambda k, a, b: seen.append((k, a, b)), 10, 3, 1 << 30)
+    assert sorted(seen) == [(0, 0, 3), (1, 3, 6), (2, 6, 9), (3, 9, 10)]
+
+
+def test_over_chunks_gives_each_thread_consecutive_chunks_in_order(threads):
+    threads(2)
+    by_thread: dict[int, list[int]] = {}
+
+    def work(k: int, a: int, b: int) -> None:
+        by_thread.setdefault(threading.get_ident(), []).append(k)
+
+    parallel.over_chunks(work, 8, 1, 1 << 30)
+    assert sorted(by_thread.values()) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(
+    ("m", "example_bytes", "budget", "expected"),
+    [
+        (64, 1000, 10_000, 10),  # small work: the budget alone decides
+        (1000, 10_000, 10**9, 125),  # work for threads: at least MIN_CHUNKS (8) chunks
+        (64, 10**7, 10**6, 1),  # an example over budget: one per chunk
+        (5, 0, 100, 100),  # empty examples: no division by zero
+    ],
+)
+def test_chunk_size(m, example_bytes, budget, expected):
+    assert parallel.chunk_size(m, example_bytes, budget) == expected
+
+
+def test_chunk_size_does_not_depend_on_the_number_of_threads(threads):
+    sizes = []
+    for n in (1, 2, 5):
+        threads(n)
+        sizes.append(parallel.chunk_size(300, 3000, 50_000))
+    assert len(set(sizes)) == 1
+
+
+def test_reused_keeps_the_memory_for_equal_or_smaller_arrays():
+    store: dict[str, np.ndarray] = {}
+    a = parallel.reused(store, "x", (4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    a[...] = 7
+    b = parallel.reused(store, "x", (2, 3), np.float32)  # smaller: the same memory
+    assert np.shares_memory(a, b) and b.shape == (2, 3) and (b == 7).all()
+    assert np.shares_memory(a, parallel.reused(store, "x", (20,), np.float32))
+
+
+def test_reused_gives_new_memory_for_a_bigger_array_another_dtype_or_name():
+    store: dict[str, np.ndarray] = {}
+    a = parallel.reused(store, "x", (4, 5), np.float32)
+    bigger = parallel.reused(store, "x", (21,), np.float32)
+    assert not np.shares_memory(a, bigger)
+    assert np.shares_memory(bigger, parallel.reused(store, "x", (4, 5), np.float32))
+    other = parallel.reused(store, "x", (4, 5), np.float64)
+    assert other.dtype == np.float64 and not np.shares_memory(other, bigger)
+    assert not np.shares_memory(other, parallel.reused(store, "y", (4, 5), np.float64))
+    assert sorted(store) == ["x", "y"]
+
+
+def test_each_thread_has_its_own_buffers():
+    mine = parallel.thread_buffers()
+    assert parallel.thread_buffers() is mine
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(parallel.thread_buffers()))
+    worker.start()
+    worker.join(timeout=30)
+    assert theirs and theirs[0] is not mine
+
+
 def _forked_child(queue) -> None:
     out = np.zeros(6)
     parallel.over_batch(lambda a, b: out.__setitem__(slice(a, b), 1.0), 6, 1 << 30)
