@@ -21,8 +21,8 @@ predictions counted. Validation is not part of it.
 
 * ours: ``pipeline.training.train.train_epoch``, the loop that ``python -m pipeline`` runs.
 * torch: the same layer stack translated layer by layer into ``nn.Sequential`` on NCHW
-  tensors (Conv2D -> ZeroPad2d with our (top, bottom, left, right) padding + Conv2d, Pool2D
-  -> MaxPool2d/AvgPool2d, ReLU, Dropout, Flatten, Dense -> Linear), torch's default init,
+  tensors (Conv2D -> ZeroPad2d with our (top, bottom, left, right) padding + Conv2d, MaxPool2D /
+  AvgPool2D -> MaxPool2d/AvgPool2d, ReLU, Dropout, Flatten, Dense -> Linear), torch's default init,
   ``torch.optim.Adam(lr=1e-3)``, ``F.cross_entropy``; as many threads as NumPy's BLAS.
 
 After one warm-up epoch of each, ``--epochs`` timed epochs are run, ours and torch
@@ -46,6 +46,7 @@ from hydra import compose, initialize_config_module
 from bench.layers_bench import blas_threads, fmt_r, limit_threads, print_threads
 from layers.losses import SoftmaxCrossEntropy
 from layers.optim import Adam
+from layers.pool import Pool2D
 from pipeline.config.checks import validate
 from pipeline.config.schema import register_configs
 from pipeline.data.dataset import Split
@@ -104,7 +105,7 @@ def torch_model(torch, net):
             top, bottom, left, right = layer.padding(shape[0], shape[1])
             mods.append(nn.ZeroPad2d((left, right, top, bottom)))
             mods.append(nn.Conv2d(shape[2], layer.filters, layer.f, stride=layer.stride))
-        elif kind == "Pool2D":
+        elif isinstance(layer, Pool2D):  # MaxPool2D or AvgPool2D
             pool = nn.MaxPool2d if layer.mode == "max" else nn.AvgPool2d
             mods.append(pool(layer.f, layer.stride))
         elif kind == "ReLU":

@@ -20,7 +20,7 @@ the median over the repeats.
 * reference: ``layers.reference`` loops, timed on ``--reference-batch`` images (warm-up on
   one image) and EXTRAPOLATED linearly to the batch size (the loops are linear in m).
   "same" padding is applied once with ``np.pad`` (counted) and the loops run with pad=0.
-* fast: ``layers.conv.Conv2D`` and ``layers.pool.Pool2D`` (ReLU from
+* fast: ``layers.conv.Conv2D`` and ``layers.pool.MaxPool2D`` (ReLU from
   ``layers.activations`` if present, else NumPy inline).
 * torch: the same math on contiguous NCHW tensors: ``F.pad`` with the layer's padding,
   ``F.conv2d``, ``F.relu``, ``F.max_pool2d``; the input requires grad so dA_prev is
@@ -54,7 +54,7 @@ import numpy as np
 from layers import parallel
 from layers import reference as ref
 from layers.conv import Conv2D
-from layers.pool import Pool2D
+from layers.pool import MaxPool2D
 
 try:
     from layers.activations import ReLU
@@ -101,7 +101,7 @@ def split(t: list[float], relu: bool) -> dict[str, float]:
 
 
 def fast_pass(
-    conv: Conv2D, pool: Pool2D, relu: bool, X: np.ndarray, g: np.ndarray, res: dict
+    conv: Conv2D, pool: MaxPool2D, relu: bool, X: np.ndarray, g: np.ndarray, res: dict
 ) -> Pass:
     act = None
     if relu and ReLU is not None:
@@ -131,7 +131,7 @@ def fast_pass(
     return one_pass
 
 
-def reference_pass(conv: Conv2D, pool: Pool2D, relu: bool, X: np.ndarray, g: np.ndarray) -> Pass:
+def reference_pass(conv: Conv2D, pool: MaxPool2D, relu: bool, X: np.ndarray, g: np.ndarray) -> Pass:
     top, bottom, left, right = conv.padding(*X.shape[1:3])
     W, b = conv.params["W"], conv.params["b"]
     hp = {"f": pool.f, "stride": pool.stride}
@@ -157,7 +157,7 @@ def reference_pass(conv: Conv2D, pool: Pool2D, relu: bool, X: np.ndarray, g: np.
     return one_pass
 
 
-def torch_pass(torch, conv: Conv2D, pool: Pool2D, relu: bool, X, g, grads: dict) -> Pass:
+def torch_pass(torch, conv: Conv2D, pool: MaxPool2D, relu: bool, X, g, grads: dict) -> Pass:
     F = torch.nn.functional
     top, bottom, left, right = conv.padding(*X.shape[1:3])
     x = torch.from_numpy(np.moveaxis(X, -1, 1)).contiguous().requires_grad_(True)
@@ -274,7 +274,7 @@ def run_workload(name: str, spec: tuple, args: argparse.Namespace, torch) -> tup
     in_shape, filters, f, pad, relu, pf = spec
     m, rb = args.batch, args.reference_batch
     rng = np.random.default_rng(0)
-    conv, pool = Conv2D(filters, f, pad=pad), Pool2D(pf, pf, mode="max")
+    conv, pool = Conv2D(filters, f, pad=pad), MaxPool2D(pf, pf)
     out_shape = pool.build(conv.build(in_shape, rng=rng, dtype=np.float32), dtype=np.float32)
     X = rng.standard_normal((m, *in_shape)).astype(np.float32)
     g = rng.standard_normal((m, *out_shape)).astype(np.float32)

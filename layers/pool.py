@@ -1,7 +1,11 @@
-"""The fast pooling layer, max or average, over NHWC images.
+"""The fast pooling layers over NHWC images: max and average, sharing their window geometry.
+
+``MaxPool2D`` and ``AvgPool2D`` are the two layers; ``Pool2D`` is their base (the window
+geometry: ``f``, ``stride``, the output shape) and, called itself, the factory for the
+config: ``Pool2D(f, stride, mode)`` makes the layer for ``mode`` ("max" or "average").
 
 Pooling is separable: a window's max (mean) is the max (mean) along the width of the
-maxima (means) along its height. So both modes reduce along one axis and then the other,
+maxima (means) along its height. So both layers reduce along one axis and then the other,
 each step one vectorized operation on a strided slice per window offset: ``2*f`` steps in
 all, for every example, pixel and channel at once. The height goes first: its slices are
 whole image rows, ``n_W*n_C`` contiguous values, where a slice along the width holds runs
@@ -10,14 +14,15 @@ of only ``n_C`` (8 for a first layer: NumPy would spend its time starting short 
 Max pooling routes each gradient to exactly one input: the FIRST maximum of its window in
 row-major order, as PyTorch and TensorFlow do. The reference ``create_mask_from_window``
 instead gives it to every tied maximum; the two agree whenever a window's maximum is
-unique. Ties are not rare (flat image regions, ReLU zeros), so the rule is kept exactly:
+unique. Ties are not rare (flat image regions, ReLU zeros), so the rule is kept exactly,
+by one of two algorithms:
 
-* non-overlapping windows (stride >= f, the usual case): ``_max_backward_routed`` finds,
-  from the column maxima the forward pass kept, the first maximum of every window and
-  stores its gradient there;
-* overlapping windows (stride < f): the forward pass reduces along the width first,
-  keeping each window row's maximum, and backward routes through the two steps: to the
-  first row holding the window's maximum, then to the first column of that row holding it.
+* windows apart (stride >= f, the usual case): forward keeps each window column's maximum
+  and the first row holding it; backward (``_max_backward_routed``) finds from them the
+  first maximum of every window and stores its gradient there;
+* overlapping windows (stride < f): forward reduces along the width first, keeping each
+  window row's maximum, and backward routes through the two steps: to the first row
+  holding the window's maximum, then to the first column of that row holding it.
 
 Average pooling spreads each gradient evenly over its window (``distribute_value``).
 """
@@ -31,38 +36,49 @@ import numpy as np
 from layers.base import Layer, Shape, check_positive_int
 from layers.im2col import output_size
 from layers.parallel import over_batch
-from layers.reference import POOL_MODES  # the specification's modes, each implemented here
+from layers.reference import POOL_MODES  # the specification's modes, one class each here
 
 
 class Pool2D(Layer):
-    """Max or average pooling with an ``f x f`` window, no padding.
+    """Pooling with an ``f x f`` window, no padding: the geometry both modes share.
+
+    ``Pool2D(f, stride, mode)`` makes a ``MaxPool2D`` (mode "max", the default) or an
+    ``AvgPool2D`` (mode "average"); the subclasses are made directly without ``mode``.
 
     Args:
         f: window height and width.
-        stride: step between windows (default ``f``: non-overlapping windows).
-        mode: ``"max"`` or ``"average"``.
+        stride: step between windows (default ``f``: windows side by side).
+        mode: ``"max"`` or ``"average"``: which layer ``Pool2D`` makes (a subclass
+            accepts only its own).
 
     Output size: ``floor((n_H_prev - f) / stride) + 1``; rows/columns that no window
     reaches are ignored (and get zero gradient). No parameters.
     """
 
+    mode: str  # "max" or "average", one of POOL_MODES: set by each subclass
+
+    def __new__(
+        cls, f: int, stride: int | None = None, mode: str = "max", name: str | None = None
+    ) -> Pool2D:
+        if cls is Pool2D:
+            cls = pool_class(mode, f"Pool2D {name!r}" if name else "Pool2D")
+        return super().__new__(cls)
+
+    def __getnewargs__(self) -> tuple[int, int, str]:
+        return (self.f, self.stride, self.mode)  # for copy and pickle: __new__ needs them
+
     def __init__(
-        self,
-        f: int,
-        stride: int | None = None,
-        mode: str = "max",
-        name: str | None = None,
+        self, f: int, stride: int | None = None, mode: str | None = None, name: str | None = None
     ) -> None:
         super().__init__(name)
-        label = f"Pool2D {name!r}" if name else "Pool2D"
+        label = f"{type(self).__name__} {name!r}" if name else type(self).__name__
+        if mode is not None and pool_class(mode, label) is not type(self):
+            raise ValueError(f"{label}: mode must be {self.mode!r} or left out, got {mode!r}")
         self.f = check_positive_int(label, "f", f)
         self.stride = check_positive_int(label, "stride", self.f if stride is None else stride)
-        if not isinstance(mode, str) or mode not in POOL_MODES:
-            raise ValueError(f"{label}: mode must be one of {POOL_MODES}, got {mode!r}")
-        self.mode = mode
 
     def config(self) -> dict[str, Any]:
-        return {"f": self.f, "stride": self.stride, "mode": self.mode}
+        return {"f": self.f, "stride": self.stride}
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
@@ -77,77 +93,159 @@ class Pool2D(Layer):
                 raise self.error(f"output {axis} would be {n}", input_shape)
         return (n_H, n_W, n_C)
 
+    def _empty_output(self, X: np.ndarray) -> np.ndarray:
+        """A new array for the output of ``X`` (m, n_H_prev, n_W_prev, n_C): (m, n_H, n_W,
+        n_C), of X's dtype."""
+        return np.empty((X.shape[0], *self.output_shape(X.shape[1:])), dtype=X.dtype)
+
+
+class MaxPool2D(Pool2D):
+    """Max pooling: each output the maximum of its window; backward routes each gradient
+    to the window's first maximum in row-major order (see the module's docstring)."""
+
+    mode = "max"
+
+    @property
+    def overlapping(self) -> bool:
+        """True when windows overlap (stride < f): the two-step algorithm."""
+        return self.stride < self.f
+
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
-        """Pool ``X`` (m, n_H_prev, n_W_prev, n_C) -> A (m, n_H, n_W, n_C)."""
+        """Max-pool ``X`` (m, n_H_prev, n_W_prev, n_C) -> A (m, n_H, n_W, n_C)."""
         self.check_input(X)
-        m, n_H_prev, n_W_prev, n_C = X.shape
-        n_H, n_W, _ = self.output_shape(X.shape[1:])
-        f, s = self.f, self.stride
-        A = np.empty((m, n_H, n_W, n_C), dtype=X.dtype)
-        if self._rows_first():  # Y: the maximum of each window row
-            Y = np.empty((m, n_H_prev, n_W, n_C), dtype=X.dtype)
-        else:  # H: the maximum (mean) of each window column; R: its first row, for backward
-            H = np.empty((m, n_H, n_W_prev, n_C), dtype=X.dtype)
-            R = np.empty(H.shape, np.min_scalar_type(f)) if self.mode == "max" else None
-
-        def part(start: int, stop: int) -> None:
-            b = slice(start, stop)
-            if self.mode == "average":
-                _mean_along(X[b], HEIGHT, f, s, H[b])
-                _mean_along(H[b], WIDTH, f, s, A[b])
-            elif self._rows_first():
-                _max_along(X[b], WIDTH, f, s, Y[b])
-                _max_along(Y[b], HEIGHT, f, s, A[b])
-            else:
-                _max_rows_with_first(X[b], f, s, H[b], R[b])
-                _max_along(H[b], WIDTH, f, s, A[b])
-
-        over_batch(part, m, X.nbytes)
-        if self.mode == "average":
-            self.cache = (X.shape,)
-        elif self._rows_first():
-            self.cache = (X.shape, X, Y, A)
-        else:
-            self.cache = (X.shape, H, R, A)
+        A = self._empty_output(X)
+        kept = self._forward_overlapping(X, A) if self.overlapping else self._forward_apart(X, A)
+        self.cache = (X.shape, A, kept)
         return A
-
-    def _rows_first(self) -> bool:
-        """Reduce along the width first: only overlapping max windows need it (backward
-        routes through each window row's maximum)."""
-        return self.mode == "max" and self.stride < self.f
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """From dA (m, n_H, n_W, n_C) return dA_prev (m, n_H_prev, n_W_prev, n_C)."""
-        x_shape, *kept = self.cache
-        if dout.shape[1:] != self.output_shape(x_shape[1:]) or dout.shape[0] != x_shape[0]:
-            raise self.error(f"gradient shape {dout.shape} does not match the output", x_shape[1:])
+        x_shape, A, kept = self.cache
+        self.check_gradient(dout, x_shape)
         if not input_grad:
             return None
-        f, s = self.f, self.stride
-        m, n_H_prev, n_W_prev, n_C = x_shape
-        n_H, n_W = dout.shape[1:3]
         dX = np.empty(x_shape, dtype=dout.dtype)
-        if self.mode == "average":  # dout spread along the width, then the height
-            dH = np.empty((m, n_H, n_W_prev, n_C), dtype=dout.dtype)
-        elif self._rows_first():  # routed back to the row maxima, then to the inputs
-            X, Y, A = kept
-            dY = np.empty(Y.shape, dtype=dout.dtype)
+        if self.overlapping:
+            self._backward_overlapping(*kept, A, dout, dX)
         else:
-            H, R, A = kept
+            self._backward_apart(*kept, A, dout, dX)
+        return dX
+
+    def _forward_apart(self, X: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Windows apart: A (m, n_H, n_W, n_C) from X (m, n_H_prev, n_W_prev, n_C) through
+        the window columns' maxima H and their first rows R, both (m, n_H, n_W_prev, n_C),
+        returned for backward."""
+        f, s = self.f, self.stride
+        H = np.empty((*A.shape[:2], *X.shape[2:]), dtype=X.dtype)
+        R = np.empty(H.shape, np.min_scalar_type(f))
 
         def part(start: int, stop: int) -> None:
             b = slice(start, stop)
-            if self.mode == "average":
-                _mean_backward_along(dout[b], WIDTH, f, s, dH[b])
-                _mean_backward_along(dH[b], HEIGHT, f, s, dX[b])
-            elif self._rows_first():
-                _max_backward_along(Y[b], A[b], dout[b], HEIGHT, f, s, dY[b])
-                _max_backward_along(X[b], Y[b], dY[b], WIDTH, f, s, dX[b])
-            else:
-                _max_backward_routed(H[b], R[b], A[b], dout[b], f, s, dX[b])
+            _max_rows_with_first(X[b], f, s, H[b], R[b])
+            _max_along(H[b], WIDTH, f, s, A[b])
 
-        over_batch(part, m, 2 * dX.nbytes)
+        over_batch(part, X.shape[0], X.nbytes)
+        return H, R
+
+    def _backward_apart(
+        self, H: np.ndarray, R: np.ndarray, A: np.ndarray, dout: np.ndarray, dX: np.ndarray
+    ) -> None:
+        """Windows apart: write dX (m, n_H_prev, n_W_prev, n_C) from dout, shaped like A
+        (m, n_H, n_W, n_C), and ``_forward_apart``'s H and R (m, n_H, n_W_prev, n_C)."""
+        f, s = self.f, self.stride
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            _max_backward_routed(H[b], R[b], A[b], dout[b], f, s, dX[b])
+
+        over_batch(part, dX.shape[0], 2 * dX.nbytes)
+
+    def _forward_overlapping(
+        self, X: np.ndarray, A: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Overlapping windows: A (m, n_H, n_W, n_C) from X (m, n_H_prev, n_W_prev, n_C)
+        through the window rows' maxima Y (m, n_H_prev, n_W, n_C); returns X and Y for
+        backward."""
+        f, s = self.f, self.stride
+        Y = np.empty((*X.shape[:2], *A.shape[2:]), dtype=X.dtype)
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            _max_along(X[b], WIDTH, f, s, Y[b])
+            _max_along(Y[b], HEIGHT, f, s, A[b])
+
+        over_batch(part, X.shape[0], X.nbytes)
+        return X, Y
+
+    def _backward_overlapping(
+        self, X: np.ndarray, Y: np.ndarray, A: np.ndarray, dout: np.ndarray, dX: np.ndarray
+    ) -> None:
+        """Overlapping windows: write dX (m, n_H_prev, n_W_prev, n_C) from dout, shaped like
+        A (m, n_H, n_W, n_C), routed to the row maxima Y (m, n_H_prev, n_W, n_C), then to
+        the inputs X (shaped like dX)."""
+        f, s = self.f, self.stride
+        dY = np.empty(Y.shape, dtype=dout.dtype)
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            _max_backward_along(Y[b], A[b], dout[b], HEIGHT, f, s, dY[b])
+            _max_backward_along(X[b], Y[b], dY[b], WIDTH, f, s, dX[b])
+
+        over_batch(part, dX.shape[0], 2 * dX.nbytes)
+
+
+class AvgPool2D(Pool2D):
+    """Average pooling: each output the mean of its window; backward spreads each gradient
+    evenly over its window (the reference's ``distribute_value``)."""
+
+    mode = "average"
+
+    def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
+        """Average-pool ``X`` (m, n_H_prev, n_W_prev, n_C) -> A (m, n_H, n_W, n_C), through
+        the window columns' means H (m, n_H, n_W_prev, n_C)."""
+        self.check_input(X)
+        f, s = self.f, self.stride
+        A = self._empty_output(X)
+        H = np.empty((*A.shape[:2], *X.shape[2:]), dtype=X.dtype)
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            _mean_along(X[b], HEIGHT, f, s, H[b])
+            _mean_along(H[b], WIDTH, f, s, A[b])
+
+        over_batch(part, X.shape[0], X.nbytes)
+        self.cache = X.shape
+        return A
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """From dA (m, n_H, n_W, n_C) return dA_prev (m, n_H_prev, n_W_prev, n_C): dout
+        spread along the width into dH (m, n_H, n_W_prev, n_C), then along the height."""
+        x_shape = self.cache
+        self.check_gradient(dout, x_shape)
+        if not input_grad:
+            return None
+        f, s = self.f, self.stride
+        dX = np.empty(x_shape, dtype=dout.dtype)
+        dH = np.empty((*dout.shape[:2], *x_shape[2:]), dtype=dout.dtype)
+
+        def part(start: int, stop: int) -> None:
+            b = slice(start, stop)
+            _mean_backward_along(dout[b], WIDTH, f, s, dH[b])
+            _mean_backward_along(dH[b], HEIGHT, f, s, dX[b])
+
+        over_batch(part, dX.shape[0], 2 * dX.nbytes)
         return dX
+
+
+POOL_CLASSES: dict[str, type[Pool2D]] = {cls.mode: cls for cls in (MaxPool2D, AvgPool2D)}
+
+
+def pool_class(mode: Any, label: str = "Pool2D") -> type[Pool2D]:
+    """The pooling layer class for ``mode``: ``MaxPool2D`` for "max", ``AvgPool2D`` for
+    "average"; any other mode is a ValueError naming ``label`` and the modes allowed."""
+    if not isinstance(mode, str) or mode not in POOL_CLASSES:
+        raise ValueError(f"{label}: mode must be one of {POOL_MODES}, got {mode!r}")
+    return POOL_CLASSES[mode]
 
 
 HEIGHT, WIDTH = 1, 2

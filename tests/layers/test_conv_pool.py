@@ -1,4 +1,4 @@
-"""The fast Conv2D and Pool2D equal the loop reference, and their gradients are right.
+"""The fast Conv2D and pooling layers equal the loop reference, and their gradients are right.
 
 * Reference vs fast: forward and every gradient, float64, max abs difference < 1e-10, on a
   grid of strides 1/2/3, pads 0/1/2/"same" (odd and even f), f 1..5, non-square inputs,
@@ -405,7 +405,7 @@ def test_impossible_geometry_names_layer_input_and_cause():
     with pytest.raises(ValueError, match=message):
         conv.build((3, 3, 8))
     pool = Pool2D(4, 4, name="pool1")
-    with pytest.raises(ValueError, match=r"Pool2D 'pool1'.*on input 2x9x3.*height would be 0"):
+    with pytest.raises(ValueError, match=r"^MaxPool2D 'pool1'.*on input 2x9x3.*height would be 0"):
         pool.build((2, 9, 3))
 
 

@@ -28,7 +28,7 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.network import Network
-from layers.pool import POOL_MODES, Pool2D
+from layers.pool import POOL_CLASSES, POOL_MODES, Pool2D
 
 # -- strategies ------------------------------------------------------------------------------
 sizes = st.integers(1, 12)  # image height / width
@@ -195,6 +195,7 @@ def test_pool2d_output_shape_or_clear_error(
     n_H, n_W, n_C, f, stride, mode, m, dtype, name, seed
 ) -> None:
     pool = Pool2D(f, stride, mode, name=name)
+    assert type(pool) is POOL_CLASSES[mode] and pool.mode == mode
     s = f if stride is None else stride
     assert pool.stride == s
     shape = (n_H, n_W, n_C)
@@ -204,7 +205,7 @@ def test_pool2d_output_shape_or_clear_error(
         for attempt in (pool.output_shape, pool.build):
             with pytest.raises(ValueError) as err:
                 attempt(shape)
-            assert_geometry_error(err, "Pool2D", shape, {"height": H, "width": W})
+            assert_geometry_error(err, type(pool).__name__, shape, {"height": H, "width": W})
         assert pool.input_shape is None
         return
     assert pool.output_shape(shape) == (H, W, n_C)
@@ -377,10 +378,18 @@ def test_conv2d_rejects_bad_pads(pad, name):
 @given(
     key=st.sampled_from(["f", "stride"]),
     value=bad_sizes_but_none,
+    mode=modes,
     name=names,
 )
-def test_pool2d_rejects_bad_sizes(key, value, name):
-    assert_rejected(Pool2D, key, {"f": 2, "stride": 2, "mode": "max", "name": name, key: value})
+def test_pool2d_rejects_bad_sizes(key, value, mode, name):
+    """The layer class for the mode says it, made directly or by the factory alike."""
+    kwargs = {"f": 2, "stride": 2, "name": name, key: value}
+    assert_rejected(POOL_CLASSES[mode], key, kwargs)
+    with pytest.raises(ValueError) as direct:
+        POOL_CLASSES[mode](**kwargs)
+    with pytest.raises(ValueError) as made:
+        Pool2D(**kwargs, mode=mode)
+    assert str(made.value) == str(direct.value)
 
 
 @QUICK
@@ -455,7 +464,7 @@ def test_random_network_builds_consistently_or_names_the_failing_layer(
                 expected.append(shape)
     layers += [Flatten(), Dense(units)]
     expected += [(math.prod(shape),), (units,)]
-    net = Network(layers)  # names the layers: conv2d1, relu2, pool2d3, ...
+    net = Network(layers)  # names the layers: conv2d1, relu2, maxpool2d3, ...
     event("builds" if failing is None else f"{type(failing[0]).__name__} fails")
 
     if failing is not None:
@@ -484,7 +493,7 @@ def test_random_network_builds_consistently_or_names_the_failing_layer(
 
 # -- known gap: empty dimensions -------------------------------------------------------------
 def test_empty_dimension_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"^Pool2D.*on input 4x4x0.*at least 1"):
+    with pytest.raises(ValueError, match=r"^MaxPool2D.*on input 4x4x0.*at least 1"):
         Network([Pool2D(2), Flatten(), Dense(3)]).build((4, 4, 0))
     with pytest.raises(ValueError, match=r"^Dense.*on input 0.*at least 1"):
         Dense(3).build((0,))
