@@ -124,6 +124,9 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain gradient descent: ``p -= lr * g``."""
 
+    def __init__(self, lr: float = 0.05, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+
     def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         p -= self.lr * g
 
@@ -141,7 +144,7 @@ class Momentum(Optimizer):
 
     slots = ("v",)
 
-    def __init__(self, lr: float, beta: float = 0.9, weight_decay: float = 0.0) -> None:
+    def __init__(self, lr: float = 0.05, beta: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.beta = self._check("beta", beta, low=0.0, high=1.0)
 
@@ -201,6 +204,9 @@ class Adam(Optimizer):
         p -= (self.lr * m_hat_scale) * m / (np.sqrt(v * v_hat_scale) + self.eps)
 
 
+# The optimizers by name: ``optimizer=<name>`` in the pipeline, whose config schema is made
+# from the constructor's arguments and defaults (pipeline.config.schema). A new optimizer is
+# one more class here and one more entry.
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
