@@ -369,6 +369,22 @@ def test_reused_buffers_give_fresh_results_when_the_input_size_changes(n_C_prev)
             np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("n_C_prev", [3, 6])
+def test_inputs_padded_to_one_shape_in_two_ways_do_not_mix(n_C_prev):
+    """f=3, stride 2, "same": 7x7 pads by (1, 1) and 8x8 by (0, 1), both to 9x9. A buffer
+    reused on the belief that its padding is still zero would keep a row and a column of the
+    8x8 images under the 7x7 ones (the old code did)."""
+    rng = np.random.default_rng(10)
+    conv = built_conv(2, 3, 2, "same", (8, 8, n_C_prev), rng)
+    assert conv.padding(7, 7) == (1, 1, 1, 1) and conv.padding(8, 8) == (0, 1, 0, 1)
+    fresh = built_conv(2, 3, 2, "same", (8, 8, n_C_prev), rng)
+    fresh.params = conv.params
+    for n in (7, 8, 7):
+        X = rng.standard_normal((2, n, n, n_C_prev))
+        fresh._buffers.clear()
+        np.testing.assert_array_equal(conv.forward(X), fresh.forward(X))
+
+
 @pytest.mark.parametrize("padding", [(1, 2, 0, 3), (0, 0, 2, 2), (2, 1, 1, 0)])
 def test_padding_into_a_used_buffer_equals_np_pad(padding):
     """pad_images and planar_images write the zeros too: any old contents of ``out`` go."""
