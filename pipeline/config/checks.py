@@ -163,7 +163,9 @@ def validate(cfg: DictConfig) -> Config:
     _require(t.patience == 0 or d.val_fraction > 0, "trainer.patience",
              "needs a validation split (data.val_fraction > 0)", t.patience)
     model = validate_model(cfg.model)
-    return replace(OmegaConf.to_object(cfg), model=model)
+    # The optimizer's node is typed when composed, not in a resume's saved config: made here.
+    optimizer = optimizer_schema(**OmegaConf.to_container(o, resolve=True))
+    return replace(OmegaConf.to_object(cfg), model=model, optimizer=optimizer)
 
 
 RESUME_HINT = f"a run's {CHECKPOINT}"

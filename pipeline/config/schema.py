@@ -1,7 +1,8 @@
 """The typed configuration: one dataclass per config group, put in Hydra's ConfigStore.
 
 Hydra checks types and unknown keys while composing (each config group option extends its
-schema, e.g. ``conf/optimizer/adam.yaml`` starts from ``schema/optimizer/adam``);
+schema, e.g. ``conf/trainer/default.yaml`` starts from ``TrainerConfig``; the optimizer
+options are the schemas themselves, made from ``layers.optim.OPTIMIZERS``);
 ``pipeline.config.checks.validate`` then checks the values and turns the composed config
 into these objects (``OmegaConf.to_object``), which is what the stages take. Every default
 is stated here once; the YAML options keep only what differs. The allowed values of a key
@@ -11,11 +12,14 @@ module that implements them, named in the comment beside the key.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import inspect
+from dataclasses import asdict, dataclass, field, make_dataclass
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from layers.optim import OPTIMIZERS, Optimizer
 
 # -- data ----------------------------------------------------------------------------------
 
@@ -45,29 +49,24 @@ class DataConfig:
 # -- optimizers ------------------------------------------------------------------------------
 
 
-@dataclass
-class SGDConfig:
-    name: str = "sgd"
-    lr: float = 0.05
-    weight_decay: float = 0.0
+def optimizer_schema(name: str, optimizer: type[Optimizer]) -> type:
+    """The config of an optimizer: its ``name`` and its constructor's arguments, with the
+    constructor's types and defaults (``layers.optim`` states them once)."""
+    hints = get_type_hints(optimizer.__init__)
+    arguments = [p for p in inspect.signature(optimizer.__init__).parameters.values()
+                 if p.name != "self"]
+    schema = make_dataclass(
+        f"{optimizer.__name__}Config",
+        [("name", str, field(default=name))]
+        + [(p.name, hints[p.name], field(default=MISSING if p.default is p.empty else p.default))
+           for p in arguments])
+    schema.__module__ = __name__  # make_dataclass's ``module`` argument is Python 3.12's
+    return schema
 
 
-@dataclass
-class MomentumConfig:
-    name: str = "momentum"
-    lr: float = 0.05
-    beta: float = 0.9
-    weight_decay: float = 0.0
-
-
-@dataclass
-class AdamConfig:
-    name: str = "adam"
-    lr: float = 0.001
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+# ``optimizer=<name>`` picks one; each is a config group option of its own (register_configs).
+OPTIMIZER_SCHEMAS: dict[str, type] = {
+    name: optimizer_schema(name, optimizer) for name, optimizer in OPTIMIZERS.items()}
 
 
 # -- trainer ---------------------------------------------------------------------------------
@@ -137,10 +136,6 @@ class DropoutSpec:
     rate: float = MISSING
 
 
-OPTIMIZER_SCHEMAS: dict[str, type] = {
-    "sgd": SGDConfig, "momentum": MomentumConfig, "adam": AdamConfig,
-}
-
 LAYER_SPECS: dict[str, type] = {
     "conv": ConvSpec,
     "pool": PoolSpec,
@@ -171,7 +166,5 @@ def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (called before ``hydra.main`` runs)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    # In a group of their own, so that --help and optimizer=... offer only conf/optimizer/.
-    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
-    cs.store(group="schema/optimizer", name="momentum", node=MomentumConfig)
-    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    for name, schema in OPTIMIZER_SCHEMAS.items():  # the optimizer group's options
+        cs.store(group="optimizer", name=name, node=schema)
