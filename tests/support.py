@@ -56,6 +56,17 @@ def pipeline_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def run_pipeline(cwd: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 300, module: str = "pipeline") -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGS`` (or another ``module``) in ``cwd`` as a user runs it (a
+    multirun's ``-m`` first), in ``env`` (default: ``pipeline_env()``), its output captured
+    as text."""
+    multirun = [a for a in args if a in ("-m", "--multirun")]
+    command = [sys.executable, "-m", module, *multirun, *(a for a in args if a not in multirun)]
+    return subprocess.run(command, cwd=cwd, env=env or pipeline_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

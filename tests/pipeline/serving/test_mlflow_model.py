@@ -34,7 +34,6 @@ from tests import support  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVER_TIMEOUT = 90  # seconds for `mlflow models serve` to answer /ping
 
 
@@ -50,14 +49,11 @@ def tracking(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow_model")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     run_dir = tmp / "run"
-    overrides = ["trainer.epochs=1", "trainer.progress=false",
-                 f"data.cache_dir={tmp / 'data'}", f"hydra.run.dir={run_dir}"]
-    if "tracking:" in (ROOT / "conf" / "config.yaml").read_text():
-        overrides.append("tracking.enabled=false")  # the pipeline's own MLflow logging
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *overrides], cwd=tmp, env=pipeline_env(uri),
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = support.run_pipeline(
+        tmp, "trainer.epochs=1", "trainer.progress=false", f"data.cache_dir={tmp / 'data'}",
+        f"hydra.run.dir={run_dir}",
+        "tracking.enabled=false",  # the model is logged by the test, not by the run
+        env=pipeline_env(uri))
     assert proc.returncode == 0, proc.stderr
     x, _, _, _ = read_split(next((tmp / "data").glob("digits-*/digits_test.h5")), "test")
 

@@ -5,7 +5,6 @@ unless asked."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,14 @@ import pytest
 
 from pipeline.data.h5 import read_split
 from pipeline.data.imagefolder import image_folder_to_h5
-from tests.support import SHARED_DATA, make_image_folder, pipeline_env
+from tests.support import make_image_folder, run_pipeline
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
-SIGN_DIGITS = SHARED_DATA / "sign-language-digits"
 
 
 def make_h5(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.make_h5", *args], cwd=cwd,
-                          env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    return run_pipeline(cwd, *args, module="pipeline.make_h5")
 
 
 def test_the_written_pair_trains_with_data_signs(tmp_path):
@@ -37,12 +34,11 @@ def test_the_written_pair_trains_with_data_signs(tmp_path):
     assert names == ["a", "b", "c"] and classes.tolist() == [0, 1, 2]
     assert np.bincount(y).tolist() == [2, 2, 2]  # stratified
 
-    run = subprocess.run(
-        [sys.executable, "-m", "pipeline", "data=signs", "model=signs_cnn", "data.image_size=32",
-         "data.train_path=data/train_signs.h5", "data.test_path=data/test_signs.h5",
-         "trainer.epochs=1", "trainer.batch_size=4", "data.val_fraction=0.2",
-         "tracking.enabled=false", "trainer.progress=false"],
-        cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    run = run_pipeline(
+        tmp_path, "data=signs", "model=signs_cnn", "data.image_size=32",
+        "data.train_path=data/train_signs.h5", "data.test_path=data/test_signs.h5",
+        "trainer.epochs=1", "trainer.batch_size=4", "data.val_fraction=0.2",
+        "tracking.enabled=false", "trainer.progress=false")
     assert run.returncode == 0, run.stderr
     assert "[load] signs: train 14, val 4, test 6 images 32x32x3, 3 classes" in run.stdout
 
@@ -77,11 +73,10 @@ def test_bad_arguments_are_one_line(tmp_path, args, says):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.skipif(not SIGN_DIGITS.is_dir(), reason=f"real data not found at {SIGN_DIGITS}")
-def test_the_photographs_written_equal_the_image_folder_cache(tmp_path):
-    made = make_h5(tmp_path, str(SIGN_DIGITS), "--image-size", "32", "--seed", "3")
+def test_the_photographs_written_equal_the_image_folder_cache(tmp_path, sign_digits):
+    made = make_h5(tmp_path, str(sign_digits), "--image-size", "32", "--seed", "3")
     assert made.returncode == 0, made.stderr
-    cached = image_folder_to_h5(SIGN_DIGITS, tmp_path / "cache", image_size=32,
+    cached = image_folder_to_h5(sign_digits, tmp_path / "cache", image_size=32,
                                 test_fraction=0.15, seed=3)
     for split, written, cache in zip(("train", "test"), ("train_signs.h5", "test_signs.h5"),
                                      cached, strict=True):

@@ -22,11 +22,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline.tracking import names, summary  # noqa: E402
-from tests.support import pipeline_env  # noqa: E402
+from tests.support import pipeline_env, run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("trainer.epochs=2", "trainer.progress=false")
 
 
@@ -103,12 +102,8 @@ def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launche
     out_dirs = {c.data.tags["output_dir"] for c in children}
     assert len(out_dirs) == 4 and all(Path(d, "metrics.json").is_file() for d in out_dirs)
 
-    printed = subprocess.run(
-        [sys.executable, "-m", "pipeline.report", parent.info.run_id,
-         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, env=pipeline_env(),
-        capture_output=True, text=True, timeout=120,
-    )
+    printed = run_pipeline(tmp_path, parent.info.run_id, "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'mlflow.db'}", module="pipeline.report")
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.count("FINISHED") == 5  # the header and four rows
     assert f"best run: {best.run_id}" in printed.stdout
@@ -252,25 +247,15 @@ def test_an_unreachable_server_stops_the_sweep_before_any_job(tmp_path):
     assert time.monotonic() - start < 30
 
 
-def test_the_report_names_what_it_cannot_find(tmp_path):
-    env = pipeline_env()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    missing = subprocess.run(
-        [sys.executable, "-m", "pipeline.report", "--tracking-uri", uri],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
+def test_the_report_names_what_it_cannot_find(tmp_path, mlflow_store):
+    uri = mlflow_store
+    missing = run_pipeline(tmp_path, "--tracking-uri", uri, module="pipeline.report")
     assert missing.returncode != 0 and "no tracking store" in missing.stderr
     MlflowClient(uri).create_experiment("other")
-    unknown = subprocess.run(
-        [sys.executable, "-m", "pipeline.report", "nope", "--tracking-uri", uri],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
+    unknown = run_pipeline(tmp_path, "nope", "--tracking-uri", uri, module="pipeline.report")
     assert unknown.returncode != 0
     assert "no experiment or run id 'nope'" in unknown.stderr and "other" in unknown.stderr
-    no_sweep = subprocess.run(
-        [sys.executable, "-m", "pipeline.report", "other", "--tracking-uri", uri],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
+    no_sweep = run_pipeline(tmp_path, "other", "--tracking-uri", uri, module="pipeline.report")
     assert no_sweep.returncode != 0 and "no sweep in experiment 'other'" in no_sweep.stderr
 
 

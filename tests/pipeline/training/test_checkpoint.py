@@ -1,5 +1,5 @@
 """Tests of pipeline.training.checkpoint on its own: the file layout, an exact save/load round
-trip and the checks made before a resume. (Resuming through ``train`` is tested in test_train.)"""
+trip and the checks made before a resume. (Resuming through ``train``: test_train.)"""
 
 from __future__ import annotations
 

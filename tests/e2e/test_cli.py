@@ -6,33 +6,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support import pipeline_env
+from tests.support import run_pipeline
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(
     tmp_path: Path, *overrides: str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    env = pipeline_env()
-    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m (multirun) goes first
-    args = [
-        sys.executable, "-m", "pipeline", *flags,
-        f"data.cache_dir={tmp_path / 'data'}", "trainer.progress=false",
-        "tracking.enabled=false",  # MLflow is tested in test_tracking.py
-        *(o for o in overrides if not o.startswith("-")),
-    ]
-    return subprocess.run(
-        args, cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_pipeline(cwd or tmp_path, f"data.cache_dir={tmp_path / 'data'}",
+                        "trainer.progress=false",
+                        "tracking.enabled=false",  # MLflow: tests/pipeline/tracking
+                        *overrides)
 
 
 @pytest.fixture(scope="module")

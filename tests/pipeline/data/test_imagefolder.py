@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,7 @@ from PIL import Image
 
 from pipeline.data.h5 import read_split
 from pipeline.data.imagefolder import image_folder_to_h5, to_rgb
-from tests.support import make_image_folder, pipeline_env
-
-SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sign-language-digits"
+from tests.support import make_image_folder, run_pipeline
 
 
 def test_image_folder_convert_split_reuse_rebuild(tmp_path: Path) -> None:
@@ -118,11 +114,9 @@ def test_image_folder_unreadable_image(tmp_path: Path) -> None:
     assert list((tmp_path / "out").iterdir()) == []  # nothing half-written left
 
 
-def test_real_sign_language_digits(tmp_path: Path) -> None:
-    if not SIGN_DIGITS.is_dir():
-        pytest.skip(f"sign-language-digits folder not found; looked for {SIGN_DIGITS}")
+def test_real_sign_language_digits(tmp_path: Path, sign_digits: Path) -> None:
     train_path, test_path = image_folder_to_h5(
-        SIGN_DIGITS, tmp_path, image_size=32, test_fraction=0.15, seed=0
+        sign_digits, tmp_path, image_size=32, test_fraction=0.15, seed=0
     )
     x_tr, y_tr, classes, names = read_split(train_path, "train")
     x_te, y_te, _, _ = read_split(test_path, "test")
@@ -178,12 +172,11 @@ def test_a_folder_of_16_bit_and_palette_images_trains_on_the_pixels_they_show(tm
             Image.fromarray(np.roll(ramp, i + c, axis=1)).save(tmp_path / "src" / f"c{c}/{i}.png")
         palette = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).quantize(8)
         palette.save(tmp_path / "src" / f"c{c}" / "palette.png")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "data=image_folder", f"data.root={tmp_path / 'src'}",
-         "data.image_size=16", "data.test_fraction=0.34", "data.val_fraction=0",
-         "trainer.batch_size=4", "trainer.epochs=1", "trainer.progress=false",
-         "tracking.enabled=false", f"data.cache_dir={tmp_path / 'data'}"],
-        cwd=tmp_path, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    proc = run_pipeline(
+        tmp_path, "data=image_folder", f"data.root={tmp_path / 'src'}",
+        "data.image_size=16", "data.test_fraction=0.34", "data.val_fraction=0",
+        "trainer.batch_size=4", "trainer.epochs=1", "trainer.progress=false",
+        "tracking.enabled=false", f"data.cache_dir={tmp_path / 'data'}")
     assert proc.returncode == 0, proc.stderr
     [train] = (tmp_path / "data").glob("src-*/src_train.h5")
     [test] = (tmp_path / "data").glob("src-*/src_test.h5")

@@ -28,7 +28,7 @@ from pipeline.tracking.store import (  # noqa: E402
     resolve_uri,
     sqlite_path,
 )
-from tests.support import make_cfg, make_image_folder, pipeline_env, wait_for  # noqa: E402
+from tests.support import make_cfg, make_image_folder, pipeline_env, run_pipeline, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -56,10 +56,8 @@ def cli(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m pipeline`` in ``tmp_path``, tracked to ``tmp_path/mlflow.db`` unless the
     overrides or ``env`` say otherwise."""
-    args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
-            *overrides]
-    return subprocess.run(args, cwd=tmp_path, env=env or pipeline_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_pipeline(tmp_path, *QUICK, f"data.cache_dir={tmp_path / 'data'}", *overrides,
+                        env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +189,8 @@ def test_artifacts_hold_the_run_directory(cli_run):
     assert ".hydra/config.yaml" in hydra_files and ".hydra/overrides.yaml" in hydra_files
 
 
-def test_a_single_run_registers_its_model_when_asked(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_single_run_registers_its_model_when_asked(tmp_path, mlflow_store):
+    uri = mlflow_store
     proc = cli(tmp_path, "trainer.epochs=1", f"tracking.uri={uri}",
                "tracking.register_model=digits-cnn", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr
@@ -204,8 +202,8 @@ def test_a_single_run_registers_its_model_when_asked(tmp_path):
     assert "models:/digits-cnn/1" in proc.stdout
 
 
-def test_system_metrics_on_request_are_mlflows_own(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_system_metrics_on_request_are_mlflows_own(tmp_path, mlflow_store):
+    uri = mlflow_store
     env = pipeline_env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
                        MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING="1")
     proc = cli(tmp_path, "trainer.epochs=80", f"tracking.uri={uri}",
@@ -260,9 +258,9 @@ def test_disabled_tracking_writes_outputs_and_no_store(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "FAILED"),
                                                (KeyboardInterrupt(), "KILLED")])
 def test_a_run_that_raises_ends_failed_or_killed_keeping_what_was_logged(
-    tmp_path, monkeypatch, error, status
+    tmp_path, mlflow_store, monkeypatch, error, status
 ):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=2", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")
 
@@ -309,10 +307,11 @@ def test_sigterm_ends_the_run_killed_by_the_pipeline_itself(tmp_path):
     assert not (tmp_path / "run" / "tracking_watchdog.log").exists()  # not its watchdog
 
 
-def test_a_killed_pipeline_process_leaves_its_run_killed_and_its_checkpoint(tmp_path):
+def test_a_killed_pipeline_process_leaves_its_run_killed_and_its_checkpoint(tmp_path,
+                                                                           mlflow_store):
     """kill -9 gives the pipeline no chance to end its run: its watchdog sees the pipe
     close and ends the run KILLED; the last checkpoint stays in the run directory."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     proc = start_long_run(tmp_path)
     try:
         wait_for(lambda: any(r.info.status == "RUNNING" for r in all_runs(uri)), 60,
@@ -490,8 +489,8 @@ def test_run_names_show_model_data_pool_mode_and_the_overrides_that_matter():
         "sweep · sign-language-digits · pool_mode × lr")
 
 
-def test_a_bad_config_makes_no_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_bad_config_makes_no_run(tmp_path, mlflow_store):
+    uri = mlflow_store
     cfg = make_cfg(f"tracking.uri={uri}", "model.conv1.stride=-1", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")
     with pytest.raises(ValueError, match="stride"):
@@ -499,7 +498,8 @@ def test_a_bad_config_makes_no_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # not even a store
 
 
-def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, monkeypatch):
+def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, mlflow_store,
+                                                                  monkeypatch):
     from pathlib import Path as PathType
 
     write_text = PathType.write_text
@@ -510,7 +510,7 @@ def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, monkey
             raise OSError(28, "No space left on device")
         return write_text(self, *args, **kwargs)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     # A broken image passes the checks before the run (they list files, decode none).
     root = make_image_folder(tmp_path / "images")
     (root / "a" / "img1.jpg").write_bytes(b"not a jpeg")
@@ -526,12 +526,12 @@ def test_a_full_disk_while_recording_the_error_does_not_hide_it(tmp_path, monkey
 
 
 def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_directory(
-    tmp_path, monkeypatch
+    tmp_path, mlflow_store, monkeypatch
 ):
     """A tracking failure after the start never stops training: the run directory is
     complete, the run ends FAILED with the reason, and TrackingError names the store and
     the directory."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store
     cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=2", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")
 
@@ -552,8 +552,8 @@ def test_a_store_failure_during_the_run_keeps_training_and_names_store_and_direc
     assert info["status"] == "FAILED" and "disk full" in info["tracking_failure"]
 
 
-def test_a_run_that_cannot_finish_starting_is_not_left_running(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_run_that_cannot_finish_starting_is_not_left_running(tmp_path, mlflow_store, monkeypatch):
+    uri = mlflow_store
     cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=1", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")
 

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.h5 import write_split
-from tests.support import pipeline_env, wait_for
+from tests.support import pipeline_env, run_pipeline, wait_for
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -26,11 +26,8 @@ QUICK = ("trainer.progress=false",)
 
 
 def cli(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m (multirun) goes first
-    args = [sys.executable, "-m", "pipeline", *flags, *QUICK,
-            f"data.cache_dir={tmp_path / 'data'}", *(o for o in overrides if o not in flags)]
-    return subprocess.run(args, cwd=tmp_path, env=pipeline_env(**env), capture_output=True,
-                          text=True, timeout=300)
+    return run_pipeline(tmp_path, *QUICK, f"data.cache_dir={tmp_path / 'data'}", *overrides,
+                        env=pipeline_env(**env))
 
 
 BAD = [  # (overrides, what the one line must say)
@@ -50,7 +47,7 @@ BAD = [  # (overrides, what the one line must say)
      "data.root: no_such_folder does not exist"),
     (["data=signs", "model=signs_cnn"], "data.train_path: data/train_signs.h5 does not exist"),
     (["model=signs_cnn"],  # 8x8 digits pooled to nothing
-     "data.image_size=8 is too small for model signs_cnn: Pool2D 'pool2'"),
+     "data.image_size=8 is too small for model signs_cnn: MaxPool2D 'pool2'"),
     (["data.image_size=100000"],  # refused from an estimate, before allocating 80 TiB
      "data.image_size=100000: training digits_cnn would need at least "),
     # The splits, worked out from the labels: every class keeps an image in every split.
@@ -207,8 +204,7 @@ def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
 
 
 def test_help_names_the_command_and_only_real_options(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=tmp_path,
-                          env=pipeline_env(), capture_output=True, text=True, timeout=60)
+    proc = run_pipeline(tmp_path, "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("python -m pipeline: ") and "__main__" not in proc.stdout
     assert "\noptimizer: adam, momentum, sgd\n" in proc.stdout

@@ -14,9 +14,6 @@ from pipeline.data.dataset import Dataset, Split
 from pipeline.data.h5 import read_split, write_split
 from pipeline.data.load import digits_to_h5, load_dataset, split_validation
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SIGNS_TEST = SHARED / "signs" / "test_signs.h5"
-
 
 def small_split(m: int = 12, K: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -63,10 +60,8 @@ def test_read_unsorted_class_values_and_default_names(tmp_path: Path) -> None:
     assert names == ["7", "3"] and classes.tolist() == [7, 3]
 
 
-def test_real_signs_test_file() -> None:
-    if not SIGNS_TEST.is_file():
-        pytest.skip(f"real SIGNS test file not found; looked for {SIGNS_TEST}")
-    x, y, classes, names = read_split(SIGNS_TEST, "test")
+def test_real_signs_test_file(signs_test_file: Path) -> None:
+    x, y, classes, names = read_split(signs_test_file, "test")
     assert x.shape == (120, 64, 64, 3) and x.dtype == np.uint8
     assert classes.tolist() == list(range(6)) and names == [str(c) for c in range(6)]
     assert np.bincount(y).tolist() == [20] * 6
