@@ -159,6 +159,8 @@ def log_pyfunc_model(
     ``registered_model_name`` also registers it as a new version in the Model Registry.
     ``predictor``: the run's trained model, already in memory (default: rebuilt from the
     run directory's files); the logged model is the run directory's files either way.
+    MLflow then loads the logged copy once (through this file, from its artifacts) to check
+    that it answers its input example as a served model would.
     """
     run_dir = Path(run_dir).resolve()  # the artifacts' source paths are recorded in MLmodel
     if mlflow.active_run() is None:
