@@ -13,7 +13,7 @@ from layers.base import Layer
 from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.network import Network
-from layers.pool import Pool2D
+from layers.pool import MaxPool2D, Pool2D
 from pipeline.config.schema import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec
 
 
@@ -59,7 +59,7 @@ def relu_after_max_pool(layers: list[Layer]) -> list[Layer]:
     out = list(layers)
     for i in range(len(out) - 1):
         pool = out[i + 1]
-        if isinstance(out[i], ReLU) and isinstance(pool, Pool2D) and pool.mode == "max":
+        if isinstance(out[i], ReLU) and isinstance(pool, MaxPool2D):
             out[i], out[i + 1] = pool, out[i]
     return out
 
