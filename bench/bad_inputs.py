@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from pipeline import run_files
+
 ROOT = Path(__file__).resolve().parents[1]
 SIGN_DIGITS = ROOT.parent / "shared" / "data" / "sign-language-digits"
 QUICK = ["trainer.epochs=1", "trainer.progress=false"]
@@ -89,7 +91,7 @@ def fixtures(launch: Path) -> dict[str, Path]:
     """The files the cases point at, in ``launch/bad``."""
     bad = launch / "bad"
     bad.mkdir()
-    good_ckpt = launch / "good" / "checkpoints" / "last.npz"
+    good_ckpt = launch / "good" / run_files.CHECKPOINT
     (bad / "random.bin").write_bytes(os.urandom(20000))
     (bad / "truncated_ckpt.npz").write_bytes(good_ckpt.read_bytes()[:3000])
     np.savez(bad / "pickled.npz", state=np.array([{"a": 1}], dtype=object))
@@ -147,7 +149,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
     ckpt = f"trainer.resume={f['ckpt']}"
     out += [(f"trainer.resume={name}", [f"trainer.resume={f[name] if name in f else name}"])
             for name in ("nowhere.npz", "empty", "random", "truncated_ckpt", "pickled")]
-    weights = f["ckpt"].parents[1] / "weights.npz"
+    weights = f["ckpt"].parents[1] / run_files.WEIGHTS
     out += [("trainer.resume=<weights.npz>", [f"trainer.resume={weights}"])]
     out += [(f"resume with {o}", [ckpt, o]) for o in (
         "model.pool_mode=average", "data.normalize=standardize", "dtype=float64",
@@ -243,7 +245,7 @@ def main() -> None:
         launch = Path(tmp)
         good = cli(launch, [*QUICK, "trainer.epochs=2", f"hydra.run.dir={launch / 'good'}"])
         assert good.returncode == 0, good.stderr
-        run_id = json.loads((launch / "good" / "mlflow_run.json").read_text())["run_id"]
+        run_id = json.loads((launch / "good" / run_files.MLFLOW_RUN).read_text())["run_id"]
         before = kept_state(launch, run_id)
         f = fixtures(launch)
         outcomes = [try_case(launch, what, a) for what, a in cases(f)]

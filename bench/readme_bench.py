@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline import run_files
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {  # README's commands, by name: their overrides
     "default": [],
@@ -56,7 +58,7 @@ def timed_run(tmp: Path, overrides: list[str]) -> tuple[float, float]:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"run failed: {' '.join(overrides)}\n{proc.stderr[-3000:]}")
-    return seconds, json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    return seconds, json.loads((run_dir / run_files.METRICS).read_text())["test_accuracy"]
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline import run_files
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.03  # tracking may add at most this share of a shipped experiment's wall time
 
@@ -138,7 +140,7 @@ def main() -> None:
             times["tracked"].append(run_pipeline(launch, tracked))
         check_runs(launch / "mlflow.db", args.repeats + 1)
         last = max((launch / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
-        model_name = json.loads((last / "model.json").read_text())["model"]["name"]
+        model_name = json.loads((last / run_files.MODEL_CARD).read_text())["model"]["name"]
         steps = fixed_steps(f"sqlite:///{launch / 'mlflow.db'}", last, model_name)
     report(times, first, steps, any(o.startswith("+experiment=") for o in args.overrides))
 
