@@ -67,6 +67,14 @@ def run_pipeline(cwd: Path, *args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout)
 
 
+def ctrl_c_delivered() -> None:
+    """``Popen(preexec_fn=ctrl_c_delivered)``: the child takes SIGINT as a terminal's
+    foreground job does. A shell without job control starts background jobs with SIGINT
+    ignored, and children inherit that (a test run launched with ``&`` would then see
+    Ctrl-C do nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,3 +126,20 @@ class MlflowServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
         self.process = None
+
+
+def all_runs(uri: str) -> list:
+    """Every run in the MLflow store at ``uri``, of every experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def only_run(uri: str) -> tuple:
+    """The client of ``uri`` and the one run its store holds (fails unless exactly one)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = all_runs(uri)
+    assert len(runs) == 1, runs
+    return MlflowClient(uri), runs[0]

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.h5 import write_split
-from tests.support import pipeline_env, run_pipeline, wait_for
+from tests.support import ctrl_c_delivered, pipeline_env, run_pipeline, wait_for
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -165,6 +165,7 @@ def test_an_interrupt_says_what_was_saved_and_the_command_that_resumes(
             *overrides, f"hydra.run.dir={run_dir}"]
     # A new session: Ctrl-C in a terminal signals the whole foreground process group.
     proc = subprocess.Popen(args, cwd=tmp_path, env=pipeline_env(), start_new_session=True,
+                            preexec_fn=ctrl_c_delivered,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (run_dir / "checkpoints" / "last.npz").exists(), 120, "no epoch")

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline.tracking import names, summary  # noqa: E402
-from tests.support import pipeline_env, run_pipeline  # noqa: E402
+from tests.support import ctrl_c_delivered, pipeline_env, run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -220,6 +220,7 @@ def test_ctrl_c_ends_the_parent_and_the_running_children_killed(tmp_path, launch
     )
     # A new session: Ctrl-C in a terminal signals the whole foreground process group.
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+                            preexec_fn=ctrl_c_delivered,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
