@@ -111,14 +111,18 @@ class Network:
                 X = layer.forward(X, training)
         return X
 
-    def backward(self, dout: np.ndarray) -> None:
+    def backward(self, dout: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Backpropagate dL/doutput (m, *output_shape), filling every layer's ``grads``.
 
-        The first layer is told ``input_grad=False``: nobody needs dL/dX of the input.
+        By default the first layer is told ``input_grad=False`` (training never needs dL/dX
+        of the input) and None is returned. With ``input_grad=True`` the gradient reaches
+        the input: dX (m, *input_shape) is returned. For a saliency map, ``dout`` is the
+        one-hot of each example's class, so dX is d(class score)/dX.
         """
         with one_blas_thread():
             for i in range(len(self.layers) - 1, -1, -1):
-                dout = self.layers[i].backward(dout, input_grad=i > 0)
+                dout = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
+        return dout if input_grad else None
 
     def predict(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class labels (m,) int64: argmax of the outputs, evaluated in batches, no dropout."""
