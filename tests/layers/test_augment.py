@@ -8,8 +8,8 @@ import pytest
 from layers.activations import Flatten
 from layers.augment import RandomShift, shift_images
 from layers.dense import Dense
+from layers.gradcheck import numerical_grad, rel_error
 from layers.network import Network
-from tests.layers.gradcheck import numerical_grad, rel_error
 
 
 def built(max_shift: int, shape: tuple[int, ...] = (6, 7, 2), seed: int = 0, dtype=np.float32):

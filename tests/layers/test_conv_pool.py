@@ -20,9 +20,9 @@ import pytest
 
 from layers import reference
 from layers.conv import Conv2D
+from layers.gradcheck import numerical_grad, rel_error
 from layers.im2col import pad_images, padded_shape, planar_images, planar_shape
 from layers.pool import Pool2D
-from tests.layers.gradcheck import numerical_grad, rel_error
 
 TOL = 1e-10
 

@@ -8,7 +8,7 @@ import pytest
 from layers.activations import Dropout, Flatten, ReLU
 from layers.base import Layer
 from layers.dense import Dense
-from tests.layers.gradcheck import numerical_grad, rel_error
+from layers.gradcheck import numerical_grad, rel_error
 
 TOL = 1e-6
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from layers.gradcheck import numerical_grad, rel_error
 from layers.losses import SoftmaxCrossEntropy, softmax
-from tests.layers.gradcheck import numerical_grad, rel_error
 
 
 def batch(m: int = 7, K: int = 5, scale: float = 3.0, seed: int = 0):

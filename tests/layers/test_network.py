@@ -10,11 +10,11 @@ import pytest
 from layers.activations import Dropout, Flatten, ReLU
 from layers.conv import Conv2D
 from layers.dense import Dense
+from layers.gradcheck import numerical_grad, rel_error
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import make_optimizer
 from layers.pool import Pool2D
-from tests.layers.gradcheck import numerical_grad, rel_error
 
 INPUT = (4, 4, 2)
 K = 5

@@ -6,11 +6,10 @@ Every expected value here comes from a hand-worked example, a different NumPy co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 
+from layers.gradcheck import numerical_grad, rel_error
 from layers.reference import (
     conv_backward,
     conv_forward,
@@ -21,26 +20,6 @@ from layers.reference import (
     pool_forward,
     zero_pad,
 )
-
-EPS = 1e-6
-
-
-def numerical_grad(loss: Callable[[], float], x: np.ndarray) -> np.ndarray:
-    """Central-difference gradient of ``loss()`` w.r.t. ``x`` (perturbed in place)."""
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + EPS
-        plus = loss()
-        x[idx] = old - EPS
-        minus = loss()
-        x[idx] = old
-        grad[idx] = (plus - minus) / (2 * EPS)
-    return grad
-
-
-def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
 
 
 def img(rows: list[list[float]]) -> np.ndarray:
@@ -275,7 +254,7 @@ def test_distribute_value():
 def test_pool_backward_numerical_gradient(mode, f, stride):
     rng = np.random.default_rng(100 * f + stride)
     # A random permutation scaled up: all values distinct and far apart (no ties, and
-    # an EPS perturbation never changes which element is the maximum).
+    # an eps perturbation never changes which element is the maximum).
     A = rng.permutation(2 * 5 * 5 * 2).reshape(2, 5, 5, 2).astype(np.float64) * 0.1
     hp = {"f": f, "stride": stride}
     out, cache = pool_forward(A, hp, mode=mode)

@@ -1,0 +1,383 @@
+"""Gradient checks: every layer's backward against central differences, in float64.
+
+    python -m layers.gradcheck                  # every layer kind, the loss and a network
+    python -m layers.gradcheck conv --filters 4 --f 3 --stride 2 --pad same --input 7x7x3
+    python -m layers.gradcheck pool --mode average --f 2 --stride 1
+    python -m layers.gradcheck network          # every parameter, d(loss)/dX, d(score)/dX
+    python -m layers.gradcheck conv --help      # a kind's options and defaults
+
+A layer's check builds it in float64 and draws a batch X (m, *input_shape) and a fixed
+random G of the output's shape: the scalar ``L = sum(forward(X) * G)`` has ``dL/dY = G``,
+so ``backward(G)`` must return dL/dX and fill dL/dW, dL/db. Each is compared with the
+numerical gradient ``(L(x + eps) - L(x - eps)) / (2 eps)``, one element at a time, by the
+norm-based relative error (not CS231n's elementwise ``max |a - n| / max(|a|, |n|)``)::
+
+    rel_error(a, n) = ||a - n|| / (||a|| + ||n||)       (0 when both are 0)
+
+so that entries nearly zero in both, where central differences have only an absolute
+accuracy of ~1e-10, do not dominate. A check passes when the error is at most ``TOL``
+(1e-6); the command exits 1 if any fails, 2 on bad options.
+
+Inputs are distinct values spaced well apart, none near 0: an eps step never crosses a
+ReLU kink or changes which element is a window's maximum. Layers that draw random numbers
+from ``layer.rng`` (Dropout's mask, RandomShift's offsets) get the same generator state at
+every forward: one fixed mask, one fixed shift. Inside a network a hidden value can still
+fall within eps of a kink or a tie (rarely); another ``--seed`` tells such a case apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from layers.activations import Dropout, Flatten, ReLU
+from layers.augment import RandomShift
+from layers.base import Layer, Shape, shape_str
+from layers.conv import Conv2D
+from layers.dense import Dense
+from layers.losses import SoftmaxCrossEntropy
+from layers.network import Network
+from layers.pool import MaxPool2D, Pool2D
+from layers.reference import POOL_MODES
+
+TOL = 1e-6  # the largest relative error that passes
+EPS = 1e-6  # the central-difference step
+MAX_VALUES = 20_000  # the most values of one array checked: each costs two forward passes
+
+
+# -- the numbers ------------------------------------------------------------------------
+def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """dF/dx by central differences ``(f(x + eps) - f(x - eps)) / (2 eps)`` per element.
+
+    f: a function of no arguments returning a scalar; it must read ``x`` (directly or
+    through a closure, e.g. a layer parameter), which is perturbed in place one element at
+    a time and restored afterwards. x: a float64 array of any shape (float32 is too coarse
+    for eps ~ 1e-6). Returns an array of x's shape, float64.
+    """
+    if x.dtype != np.float64:
+        raise ValueError(f"numerical_grad needs a float64 array, got {x.dtype}")
+    grad = np.zeros(x.shape)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        f_plus = float(f())
+        x[i] = old - eps
+        f_minus = float(f())
+        x[i] = old
+        grad[i] = (f_plus - f_minus) / (2 * eps)
+    return grad
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Relative error ``||a - b|| / (||a|| + ||b||)`` of two arrays of one shape (0 when
+    both are zero)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
+    denom = np.linalg.norm(a) + np.linalg.norm(b)
+    return 0.0 if denom == 0 else float(np.linalg.norm(a - b) / denom)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One gradient compared: of ``what`` ("input", "W", ...) of ``layer``, shape ``shape``."""
+
+    layer: str
+    what: str
+    shape: Shape
+    error: float  # rel_error(analytic, numerical); inf when backward gave no array or a wrong shape
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= TOL  # NaN fails too
+
+
+def compare(
+    layer: str, what: str, analytic: np.ndarray | None, f: Callable[[], float], x: np.ndarray
+) -> Result:
+    """The Result of ``analytic`` (x's shape) against ``numerical_grad(f, x)``."""
+    check_size(f"{layer} {what}", x.shape)
+    numerical = numerical_grad(f, x)
+    fits = analytic is not None and np.shape(analytic) == x.shape
+    return Result(layer, what, x.shape, rel_error(analytic, numerical) if fits else math.inf)
+
+
+def check_size(what: str, shape: Shape) -> None:
+    """Raise a ValueError when an array of ``shape`` is too big to check numerically."""
+    n = math.prod(shape)
+    if n > MAX_VALUES:
+        raise ValueError(
+            f"{what} {shape_str(shape)} has {n:,} values, too many for a numerical check "
+            f"(at most {MAX_VALUES:,}: each costs two forward passes)"
+        )
+
+
+def spaced_input(shape: Shape, rng: np.random.Generator) -> np.ndarray:
+    """A float64 array of ``shape`` with n = prod(shape) distinct values ``±k/n``
+    (k = 1..n in random order, random signs): at least 1/n apart and from 0."""
+    n = math.prod(shape)
+    magnitudes = (rng.permutation(n) + 1.0) / n
+    return (magnitudes * rng.choice([-1.0, 1.0], size=n)).reshape(shape)
+
+
+def fixed_randomness(layers: list[Layer]) -> Callable[[], None]:
+    """A function that puts back the current state of every layer's generator (the
+    ``rng`` Dropout and RandomShift draw from): each forward after it draws the same."""
+    rngs = [getattr(layer, "rng", None) for layer in layers]
+    states = [(g, g.bit_generator.state) for g in rngs if isinstance(g, np.random.Generator)]
+
+    def restore() -> None:
+        for rng, state in states:
+            rng.bit_generator.state = state
+
+    return restore
+
+
+# -- the checks -------------------------------------------------------------------------
+def check_layer(
+    layer: Layer, input_shape: Shape, batch: int = 2, seed: int = 0, training: bool = True
+) -> list[Result]:
+    """Build ``layer`` in float64 for ``input_shape`` (per example, e.g. (7, 7, 3)) and
+    check its input gradient and every parameter gradient on a batch X (batch,
+    *input_shape), for ``L = sum(forward(X, training) * G)`` with a fixed random G."""
+    check_size(f"{layer!r} input", (batch, *input_shape))
+    rng = np.random.default_rng(seed)
+    out_shape = layer.build(input_shape, rng, np.float64)
+    X = spaced_input((batch, *input_shape), rng)
+    G = rng.standard_normal((batch, *out_shape))
+    restore = fixed_randomness([layer])
+
+    def loss() -> float:
+        restore()
+        return float(np.sum(layer.forward(X, training) * G))
+
+    loss()
+    dX = layer.backward(G)
+    analytic = {"input": None if dX is None else np.array(dX)}
+    analytic |= {k: np.array(g) for k, g in layer.grads.items()}  # copies
+    arrays = {"input": X, **layer.params}
+    return [compare(repr(layer), what, analytic.get(what), loss, x) for what, x in arrays.items()]
+
+
+def check_loss(classes: int = 5, batch: int = 4, seed: int = 0) -> list[Result]:
+    """Check SoftmaxCrossEntropy's dL/dlogits on random logits (batch, classes)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((batch, classes))
+    y = rng.integers(0, classes, size=batch)
+    loss_fn = SoftmaxCrossEntropy()
+
+    def loss() -> float:
+        return loss_fn.forward(logits, y)
+
+    loss()
+    return [compare(repr(loss_fn), "logits", loss_fn.backward(), loss, logits)]
+
+
+def small_network(classes: int = 3) -> Network:
+    """Every kind of layer in one small network: shift, conv, ReLU, max-pool, Flatten,
+    Dense, ReLU, Dropout, Dense -> logits (m, classes)."""
+    return Network([
+        RandomShift(1, name="shift"), Conv2D(3, 3, pad="same", name="conv"), ReLU(name="relu1"),
+        MaxPool2D(2, name="pool"), Flatten(name="flatten"), Dense(8, name="fc1"),
+        ReLU(name="relu2"), Dropout(0.25, name="drop"), Dense(classes, name="fc2"),
+    ])
+
+
+def check_network(
+    net: Network, input_shape: Shape, batch: int = 2, seed: int = 0
+) -> list[Result]:
+    """Build ``net`` in float64 and check, through the softmax cross-entropy loss in
+    training mode (fixed random masks and shifts), every parameter and the input gradient
+    (``backward(..., input_grad=True)``); then the input gradient of each example's
+    predicted class score in evaluation mode (a saliency map). X: (batch, *input_shape)."""
+    check_size("Network input", (batch, *input_shape))
+    rng = np.random.default_rng(seed)
+    (classes,) = net.build(input_shape, rng, np.float64)
+    for name, p in net.params.items():  # non-zero biases: db is not checked at 0 alone
+        if name.endswith(".b"):
+            p[...] = 0.1 * rng.standard_normal(p.shape)
+    X = spaced_input((batch, *input_shape), rng)
+    y = rng.integers(0, classes, size=batch)
+    loss_fn, restore = SoftmaxCrossEntropy(), fixed_randomness(net.layers)
+
+    def loss() -> float:
+        restore()
+        return loss_fn.forward(net.forward(X, training=True), y)
+
+    loss()
+    dX = net.backward(loss_fn.backward(), input_grad=True)
+    analytic = {k: g.copy() for k, g in net.grads.items()}
+    results = [compare("Network", "input", None if dX is None else dX.copy(), loss, X)]
+    results += [compare("Network", k, analytic[k], loss, p) for k, p in net.params.items()]
+    return [*results, check_score_gradient(net, X)]
+
+
+def check_score_gradient(net: Network, X: np.ndarray) -> Result:
+    """d(score of each example's predicted class)/dX, from ``backward(onehot, input_grad=
+    True)`` after an evaluation forward, against central differences. X: (m, *input)."""
+    scores = net.forward(X, training=False)  # (m, K)
+    picked = (np.arange(len(X)), scores.argmax(axis=1))
+    dout = np.zeros_like(scores)
+    dout[picked] = 1.0  # d(sum of the picked scores)/d(scores)
+
+    def score() -> float:
+        return float(net.forward(X, training=False)[picked].sum())
+
+    dX = net.backward(dout, input_grad=True)
+    return compare("Network", "input (class score)", None if dX is None else dX.copy(), score, X)
+
+
+# -- the command ------------------------------------------------------------------------
+HEADER = (
+    f"Gradient check in float64: backward against central differences (eps {EPS:g})\n"
+    "relative error = ||analytic - numerical|| / (||analytic|| + ||numerical||), "
+    f"pass if <= {TOL:g}"
+)
+
+# Each kind's check, from its parsed options (``make_parser``).
+CHECKS: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
+    "conv": lambda a: check_layer(Conv2D(a.filters, a.f, a.stride, a.pad), a.input, a.batch,
+                                  a.seed),
+    "pool": lambda a: check_layer(Pool2D(a.f, a.stride, a.mode), a.input, a.batch, a.seed),
+    "dense": lambda a: check_layer(Dense(a.units), a.input, a.batch, a.seed),
+    "relu": lambda a: check_layer(ReLU(), a.input, a.batch, a.seed),
+    "flatten": lambda a: check_layer(Flatten(), a.input, a.batch, a.seed),
+    "dropout": lambda a: check_layer(Dropout(a.rate), a.input, a.batch, a.seed),
+    "shift": lambda a: check_layer(RandomShift(a.max_shift), a.input, a.batch, a.seed),
+    "loss": lambda a: check_loss(a.classes, a.batch, a.seed),
+    "network": lambda a: check_network(small_network(a.classes), a.input, a.batch, a.seed),
+}
+
+# What no argument (or ``all``) runs: every kind, conv and pool on each of their paths.
+ALL = [
+    ["conv"],  # stride 1, few channels: the planar im2col path, padded
+    ["conv", "--f", "2", "--stride", "2", "--pad", "same", "--input", "7x7x3"],
+    ["conv", "--filters", "2", "--pad", "0", "--input", "5x5x6"],  # unpadded, many channels
+    ["pool"],  # max, windows apart
+    ["pool", "--f", "3", "--stride", "1"],  # max, overlapping windows
+    ["pool", "--mode", "average"],
+    ["pool", "--mode", "average", "--f", "3", "--stride", "1"],
+    ["dense"], ["relu"], ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],
+]
+
+
+def shape_arg(text: str) -> Shape:
+    """``'7x7x3'`` -> ``(7, 7, 3)``, ``'5'`` -> ``(5,)``: the type of ``--input``."""
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected sizes >= 1 joined by x, e.g. 7x7x3, got {text!r}"
+        )
+    return shape
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """The argparse type of an int >= ``minimum`` (``--batch``, ``--classes``, ``--seed``)."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def pad_arg(text: str) -> int | str:
+    """``--pad``: an int, else the text ("same", "valid"; Conv2D rejects anything else)."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command's options: a sub-command per kind, each with its layer's options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m layers.gradcheck",
+        description="Check every layer's backward against central differences in float64; "
+        f"exit 1 if a relative error exceeds {TOL:g}.",
+        epilog="no KIND: all kinds with their defaults, and the network. "
+        "KIND --help: its options.",
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND")
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=int_at_least(0), default=0,
+                      help="seed of the data and parameters")
+
+    def kind(name: str, what: str, shape: str = "", batch: int = 2) -> argparse.ArgumentParser:
+        sub = kinds.add_parser(name, help=what, description=what, parents=[seed],
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--batch", type=int_at_least(1), default=batch, help="examples")
+        if shape:
+            sub.add_argument("--input", type=shape_arg, default=shape, metavar="SHAPE",
+                             help="the per-example input shape, e.g. 7x7x3")
+        return sub
+
+    conv = kind("conv", "Conv2D: the input, W and b", "6x6x3")
+    conv.add_argument("--filters", type=int, default=3, help="output channels")
+    conv.add_argument("--f", type=int, default=3, help="filter height and width")
+    conv.add_argument("--stride", type=int, default=1, help="step between windows")
+    conv.add_argument("--pad", type=pad_arg, default=1, help="an int, same or valid")
+    pool = kind("pool", "MaxPool2D or AvgPool2D: the input", "6x6x3")
+    pool.add_argument("--mode", choices=POOL_MODES, default="max")
+    pool.add_argument("--f", type=int, default=2, help="window height and width")
+    pool.add_argument("--stride", type=int, help="step between windows (None: f)")
+    kind("dense", "Dense: the input, W and b", "5").add_argument("--units", type=int, default=4)
+    kind("relu", "ReLU: the input", "3x3x2")
+    kind("flatten", "Flatten: the input", "3x2x4")
+    dropout = kind("dropout", "Dropout in training, one fixed mask: the input", "6")
+    dropout.add_argument("--rate", type=float, default=0.5, help="the drop probability")
+    shift = kind("shift", "RandomShift in training, fixed offsets: the input", "4x5x2")
+    shift.add_argument("--max-shift", type=int, default=1, help="pixels")
+    kind("loss", "SoftmaxCrossEntropy: the logits", batch=4).add_argument(
+        "--classes", type=int_at_least(2), default=5)
+    net = kind("network", "a small network (shift, conv, max-pool, dense, dropout) and the "
+               "loss: every parameter, the input, and the input gradient of the predicted "
+               "class score", "6x6x2")
+    net.add_argument("--classes", type=int_at_least(2), default=3)
+    kinds.add_parser("all", help="every kind with its defaults, and the network", parents=[seed])
+    return parser
+
+
+def report(results: list[Result]) -> str:
+    """The header, an aligned table (a row per Result) and a line saying what passed."""
+    rows = [("layer", "what", "shape", "rel. error", "result")]
+    rows += [
+        (r.layer, r.what, shape_str(r.shape), f"{r.error:.1e}", "pass" if r.passed else "FAIL")
+        for r in results
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    failed, n = sum(not r.passed for r in results), len(results)
+    verdict = f"passed: {n} of {n}"
+    if failed:
+        verdict = f"FAILED: {failed} of {n} (relative error above {TOL:g})"
+    return "\n".join([HEADER, "", *(line.rstrip() for line in lines), "", verdict])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the checks ``argv`` asks for and print the report; return the exit status: 0
+    when every check passes, 1 when one fails, 2 on a bad option or hyperparameter."""
+    parser = make_parser()
+    args = parser.parse_args(argv)  # a bad option: argparse's usage and error, exit 2
+    runs = [args]
+    if args.kind in (None, "all"):
+        seed = ["--seed", str(getattr(args, "seed", 0))]
+        runs = [parser.parse_args([*run, *seed]) for run in ALL]
+    try:
+        results = [result for run in runs for result in CHECKS[run.kind](run)]
+    except ValueError as e:  # a layer's own message: a hyperparameter or a shape it rejects
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
