@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from pipeline.data.dataset import Dataset
 from pipeline.data.normalize import Normalizer
 from pipeline.data.sources import SOURCES
 from pipeline.errors import USER_ERRORS
+from pipeline.pictures import of_run
 from pipeline.run_files import NORMALIZER, WEIGHTS
 from pipeline.serving.inference import Predictor, save_model_card
 from pipeline.tracking.run import Tracker, tracked_run
 from pipeline.tracking.store import SweepParent
 from pipeline.training import evaluate, train
 from pipeline.training.model import build_network
+from pipeline.training.train import EpochRecord
 
 log = logging.getLogger("pipeline")
 
@@ -93,8 +95,8 @@ def stages(plan: Plan, out_dir: Path, tracker: Tracker, record: dict[str, Any]) 
     """load -> normalize -> train -> evaluate; returns the best validation accuracy.
     ``record``: the run, kept in every checkpoint (``config.resume.run_record``)."""
     config = plan.config
-    data = load_stage(config, tracker)
-    data, normalizer = normalize_stage(data, config, out_dir)
+    raw = load_stage(config, tracker)
+    data, normalizer = normalize_stage(raw, config, out_dir)
     net = build_network(config.model, config.data.input_shape, data.num_classes,
                         seed=config.seed, dtype=np.dtype(config.dtype))
     log.info("model %s\n%s", config.model.name, net.summary())
@@ -103,8 +105,10 @@ def stages(plan: Plan, out_dir: Path, tracker: Tracker, record: dict[str, Any]) 
                            config.dtype, data.classes, data.class_names)
     loss_fn = SoftmaxCrossEntropy()
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
+    pictures = pictures_stage(config, net, raw, data, out_dir)
     tracker.log_model(Predictor(net, normalizer, card), out_dir, config.model.name,
                       net.summary())
+    pictures()  # drawn while the model was logged
     best = history.best_val_accuracy
     tracker.log_results(metrics, best, history.best_epoch)
     tracker.log_artifacts()
@@ -152,7 +156,8 @@ def train_stage(plan: Plan, net: Network, data: Dataset, out_dir: Path, tracker:
         epochs=t.epochs, batch_size=t.batch_size, seed=seed, out_dir=out_dir,
         schedule=plan.schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,
-        on_epoch_end=tracker.log_epoch, restore_best=t.restore_best, run_record=record,
+        on_epoch_end=after_epoch(plan.config, net, tracker),
+        restore_best=t.restore_best, run_record=record,
     )
     net.save(str(out_dir / WEIGHTS))
     best = history.best_val_accuracy
@@ -160,3 +165,36 @@ def train_stage(plan: Plan, net: Network, data: Dataset, out_dir: Path, tracker:
         f"{len(history.records)} epochs in {time.perf_counter() - t0:.1f}s, best val "
         f"accuracy {'n/a' if best is None else f'{best:.4f}'}")
     return history
+
+
+def after_epoch(config: Config, net: Network, tracker: Tracker) -> Callable[[EpochRecord], None]:
+    """What runs after each epoch: its metrics to MLflow and, at ``pictures.filter_epochs``
+    epochs, the filters drawn and logged at that step."""
+    p = config.pictures
+    filters = of_run.filters_during_training(net, config.trainer.epochs,
+                                             p.filter_epochs if p.enabled else 0,
+                                             tracker.log_image)
+
+    def after(record: EpochRecord) -> None:
+        tracker.log_epoch(record)
+        filters(record.epoch)
+
+    return after
+
+
+def pictures_stage(config: Config, net: Network, raw: Dataset, data: Dataset,
+                   out_dir: Path) -> Callable[[], None]:
+    """Feature maps, filters and misclassified images (``pictures``), unless
+    ``pictures.enabled=false``; ``raw``: the data as loaded, to show. They are drawn in
+    the background: the returned function waits for them and says so."""
+    if not config.pictures.enabled:
+        return lambda: None
+    t0 = time.perf_counter()
+    drawing = of_run.draw_run(net, raw, data, out_dir, config.pictures)
+
+    def done() -> None:
+        paths = drawing.result()
+        say(f"[pictures] {len(paths)} PNGs: feature_maps/, filters/, misclassified.png "
+            f"({time.perf_counter() - t0:.1f}s, beside the model's logging)")
+
+    return done

@@ -13,9 +13,13 @@ CLASSIFICATION_REPORT = "classification_report.txt"
 CONFUSION_MATRIX = "confusion_matrix.png"
 LEARNING_CURVE = "learning_curve.png"
 CHECKPOINT = "checkpoints/last.npz"  # written after every epoch; trainer.resume reads it
+FEATURE_MAPS = "feature_maps"  # <class>.png: a test image through every conv and pool layer
+FILTERS = "filters"  # <conv layer>.png, rgb.png: the learned filters
+MISCLASSIFIED = "misclassified.png"
 ERROR = "error.txt"  # the traceback of a failed run
 MLFLOW_RUN = "mlflow_run.json"  # where the run is in MLflow and what it logged
 
 MODEL_FILES = (MODEL_CARD, WEIGHTS, NORMALIZER)  # what rebuilds the trained model
-RESULTS = (*MODEL_FILES, METRICS, CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE)
+RESULTS = (*MODEL_FILES, METRICS, CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE,
+           FEATURE_MAPS, FILTERS, MISCLASSIFIED)  # files and folders, logged as artifacts
 KEPT_ON_FAILURE = (*RESULTS, ERROR, CHECKPOINT)  # logged when a run fails or is stopped

@@ -35,6 +35,7 @@ from pipeline.config.schema import (
     Config,
     DataConfig,
     ModelSpec,
+    PicturesConfig,
     TrackingConfig,
     TrainerConfig,
 )
@@ -136,10 +137,11 @@ def validate(cfg: DictConfig) -> Config:
     _require(optimizer_schema is not None, "optimizer.name",
              f"must be one of {sorted(OPTIMIZER_SCHEMAS)}", o.get("name"))
     top = {k: v for k, v in cfg.items()
-           if k not in ("data", "model", "optimizer", "trainer", "tracking")}
+           if k not in ("data", "model", "optimizer", "trainer", "tracking", "pictures")}
     for key, node, schema in (
         ("", top, Config), ("data", d, DataConfig), ("trainer", t, TrainerConfig),
         ("optimizer", o, optimizer_schema), ("tracking", cfg.tracking, TrackingConfig),
+        ("pictures", cfg.pictures, PicturesConfig),
     ):
         _check_keys(key, node, schema)
     _require(cfg.dtype in DTYPES, "dtype", f"must be {one_of(DTYPES)}", cfg.dtype)
@@ -162,6 +164,9 @@ def validate(cfg: DictConfig) -> Config:
              t.lr_schedule)
     _require(t.patience == 0 or d.val_fraction > 0, "trainer.patience",
              "needs a validation split (data.val_fraction > 0)", t.patience)
+    p = cfg.pictures
+    _require(p.filter_epochs >= 0, "pictures.filter_epochs", "must be >= 0", p.filter_epochs)
+    _require(p.misclassified >= 1, "pictures.misclassified", "must be >= 1", p.misclassified)
     model = validate_model(cfg.model)
     # The optimizer's node is typed when composed, not in a resume's saved config: made here.
     optimizer = optimizer_schema(**OmegaConf.to_container(o, resolve=True))

@@ -25,7 +25,8 @@ from pipeline.tracking.names import leaves
 from pipeline.training.checkpoint import read_state
 
 RESUMABLE = ("trainer.epochs", "trainer.patience", "trainer.progress", "data.cache_dir",
-             "tracking.system_metrics", "tracking.enabled")
+             "tracking.system_metrics", "tracking.enabled", "pictures.enabled",
+             "pictures.filter_epochs", "pictures.misclassified")
 # Paths are kept absolute, so a resume from another working directory reads the same files.
 PATH_KEYS = ("root", "test_root", "train_path", "test_path", "cache_dir")
 ABSENT = "(absent)"

@@ -96,6 +96,15 @@ class TrackingConfig:
 
 
 @dataclass
+class PicturesConfig:
+    """What every run draws to show what its layers do (``pipeline.pictures``)."""
+
+    enabled: bool = True  # false: no feature maps, filters or misclassified images
+    filter_epochs: int = 4  # epochs at which the filters are drawn while training; 0 = none
+    misclassified: int = 24  # the most confident mistakes drawn
+
+
+@dataclass
 class Config:
     seed: int = 0
     dtype: str = "float32"  # one of DTYPES
@@ -104,6 +113,7 @@ class Config:
     optimizer: Any = MISSING  # one of OPTIMIZER_SCHEMAS
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
 
 
 # -- model layers ----------------------------------------------------------------------------

@@ -145,7 +145,8 @@ class Tracker:
                        model_id=model_id, dataset=self._datasets.get(split))
 
     def log_artifacts(self, files: Sequence[str] = RESULTS) -> None:
-        """``.hydra/`` and those of ``files`` (paths in the run directory) that exist."""
+        """``.hydra/`` and those of ``files`` (files and folders in the run directory) that
+        exist."""
         if not self.enabled:
             return
         import mlflow
@@ -156,10 +157,22 @@ class Tracker:
             self._hydra_logged = True
         for file in files:
             path = self.out_dir / file
-            if path.is_file():
+            if path.is_dir():
+                self._call(f"logging {file}/", mlflow.log_artifacts, str(path), file)
+            elif path.is_file():
                 folder = Path(file).parent.as_posix()
                 self._call(f"logging {file}", mlflow.log_artifact, str(path),
                            None if folder == "." else folder)
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """An image (an RGB array (h, w, 3) uint8) of the run at ``step`` (an epoch): the
+        UI shows the images of one ``key`` with a step slider."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        self._call(f"logging {key}", mlflow.log_image, image, key=key, step=step,
+                   synchronous=False)  # sent by MLflow's thread; end() waits for it
 
     def end(self, status: str, error: str | None) -> None:
         """End the run with ``status``; TrackingError if tracking failed on the way (the run
@@ -172,6 +185,7 @@ class Tracker:
         # Send the epochs' batches now rather than when MLflow's buffer time is up; then each
         # is sent, or failed after MLflow's retries.
         self._call("logging epoch metrics", mlflow.flush_async_logging)
+        self._call("logging images", mlflow.flush_artifact_async_logging)
         for op in self._pending:
             self._call("logging epoch metrics", op.wait)
         if error:

@@ -65,6 +65,6 @@ def test_the_stages_take_the_typed_config(tmp_path, compose, monkeypatch):
 def test_every_result_file_is_written_under_its_one_name(tmp_path, compose):
     cfg = compose(*QUICK, "tracking.enabled=false", f"data.cache_dir={tmp_path / 'data'}")
     pipeline_run.run(cfg, tmp_path / "out")
-    written = {p.relative_to(tmp_path / "out").as_posix()
-               for p in Path(tmp_path / "out").rglob("*") if p.is_file()}
+    written = {p.relative_to(tmp_path / "out").as_posix()  # files and folders
+               for p in Path(tmp_path / "out").rglob("*")}
     assert set(run_files.RESULTS) | {run_files.CHECKPOINT} <= written

@@ -1,0 +1,1 @@
+"""The pictures that show what convolution and pooling do, drawn for every run."""

@@ -1,0 +1,183 @@
+"""The pictures of a run, drawn with matplotlib at a fixed size that stays legible in
+``mlflow ui``: feature maps layer by layer, the learned filters, the misclassified images.
+
+Each function takes arrays and writes one PNG; none reads the network (``inside`` does).
+Many small images are tiled into one mosaic per row (``tile``) and drawn with one
+``imshow``: a figure of a few axes draws in tens of milliseconds, one with an axes per
+channel in half a second, which every run would pay for each image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.pictures.inside import FeatureMap, Misclassified
+
+WIDTH = 14.0  # inches; at 100 dpi the UI shows 1400 pixels without scaling text away
+MAX_CHANNELS = 16  # feature maps drawn per layer (the first ones)
+MAX_FILTERS = 32  # filters drawn per conv layer
+MAX_INPUTS = 8  # input channels drawn per filter
+GAP = 1  # pixels between tiles (drawn blank)
+
+
+def tile(images: np.ndarray, cols: int, gap: int = GAP) -> np.ndarray:
+    """Images (n, h, w) or (n, h, w, 3) as one mosaic of ``cols`` columns, (rows*(h+gap)-gap,
+    cols*(w+gap)-gap[, 3]) float, NaN (blank) in the gaps and the empty cells."""
+    n, h, w = images.shape[:3]
+    rows = max(1, int(np.ceil(n / cols)))
+    mosaic = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *images.shape[3:]),
+                     np.nan)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = images[k]
+    return mosaic
+
+
+def _blank_is_white(mosaic: np.ndarray) -> np.ndarray:
+    """An RGB mosaic in [0, 1] with its NaN gaps white."""
+    return np.where(np.isnan(mosaic), 1.0, mosaic)
+
+
+def _off(ax: object) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _show_input(ax: object, image: np.ndarray) -> None:
+    """An image (n_H, n_W, n_C) uint8: RGB as it is, one channel as gray."""
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+              cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+    _off(ax)
+
+
+def feature_map_figure(image: np.ndarray, label: str, maps: list[FeatureMap],
+                       path: Path) -> None:
+    """One image's way through the network: the input (n_H, n_W, n_C) uint8, then a row per
+    conv and pool layer with its first ``MAX_CHANNELS`` output channels side by side, each
+    row on its own colour scale (viridis: dark low, yellow high; the range in its title),
+    titled with the layer's settings and output shape, so padding, stride and the pooling
+    mode can be compared."""
+    from matplotlib.figure import Figure
+
+    rows = len(maps) + 1
+    fig = Figure(figsize=(WIDTH, 1.0 + 1.25 * rows))
+    axes = fig.subplots(rows, 1, height_ratios=[1.4] + [1.0] * len(maps))
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.75 / (1.0 + 1.25 * rows),
+                        bottom=0.01, hspace=0.45)
+    _show_input(axes[0], image)
+    axes[0].set_title(f"input: class {label}, {'x'.join(map(str, image.shape))}",
+                      fontsize=10, loc="left")
+    for ax, fmap in zip(axes[1:], maps, strict=True):
+        values = fmap.values  # (n_H, n_W, n_C)
+        shown = min(MAX_CHANNELS, values.shape[-1])
+        channels = np.moveaxis(values[..., :shown], -1, 0)  # (shown, n_H, n_W)
+        low, high = float(values.min()), float(values.max())
+        ax.imshow(tile(channels, shown), cmap="viridis", interpolation="nearest",
+                  vmin=low, vmax=high)
+        _off(ax)
+        of = f" of {values.shape[-1]}" if shown < values.shape[-1] else ""
+        ax.set_title(f"{fmap.describe} -> {'x'.join(map(str, values.shape))}: channels "
+                     f"0-{shown - 1}{of}, values {low:.3g} to {high:.3g}", fontsize=9,
+                     loc="left")
+    fig.suptitle("feature maps: each row one layer's output channels, on the row's own "
+                 "colour scale (dark low, yellow high)", fontsize=10, x=0.01, ha="left")
+    fig.savefig(path, dpi=100)
+
+
+def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None = None) -> None:
+    """A conv layer's filters W (f, f, n_C_prev, n_C): a column per output channel (the
+    first ``MAX_FILTERS``), a row per input channel (the first ``MAX_INPUTS``), on one
+    colour scale centred on 0 (blue negative, red positive)."""
+    from matplotlib.figure import Figure
+
+    f, _, n_in, n_out = W.shape
+    cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)
+    kernels = np.moveaxis(W[:, :, :rows, :cols], (2, 3), (0, 1)).reshape(rows * cols, f, f)
+    limit = float(np.abs(W).max()) or 1.0
+    fig = Figure(figsize=(WIDTH, 1.6 + 0.4 * rows))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.05, right=0.95, top=0.85, bottom=0.2)
+    im = ax.imshow(tile(kernels, cols), cmap="RdBu_r", vmin=-limit, vmax=limit,
+                   interpolation="nearest")
+    step = f + GAP
+    ax.set_xticks(np.arange(cols) * step + (f - 1) / 2, [str(j) for j in range(cols)],
+                  fontsize=7)
+    ax.set_yticks(np.arange(rows) * step + (f - 1) / 2, [str(i) for i in range(rows)],
+                  fontsize=7)
+    ax.set_xlabel("output channel (filter)")
+    ax.set_ylabel("input channel")
+    fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="weight")
+    when = f" after epoch {epoch}" if epoch is not None else ""
+    shown = f" (first {cols} of {n_out})" if cols < n_out else ""
+    ax.set_title(f"{describe}: {f}x{f} filters{shown}{when}", fontsize=10, loc="left")
+    fig.savefig(path, dpi=100)
+
+
+def rgb_filters_figure(W: np.ndarray, path: Path, epoch: int | None = None) -> None:
+    """The first conv layer's filters W (f, f, 3, n_C) as colour tiles, each scaled to its
+    own range: the colours and edges each filter responds to in a photograph."""
+    from matplotlib.figure import Figure
+
+    n_out = W.shape[-1]
+    kernels = np.moveaxis(W, -1, 0)  # (n_C, f, f, 3)
+    low = kernels.min(axis=(1, 2, 3), keepdims=True)
+    span = np.maximum(kernels.max(axis=(1, 2, 3), keepdims=True) - low, 1e-12)
+    cols = min(n_out, 16)
+    fig = Figure(figsize=(WIDTH * 0.6, 1.2 + 0.6 * np.ceil(n_out / cols)))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.02)
+    ax.imshow(_blank_is_white(tile((kernels - low) / span, cols)), interpolation="nearest")
+    _off(ax)
+    when = f" after epoch {epoch}" if epoch is not None else ""
+    ax.set_title(f"first conv layer: its {n_out} filters as colours{when}", fontsize=10,
+                 loc="left")
+    fig.savefig(path, dpi=100)
+
+
+def misclassified_figure(images: np.ndarray, wrong: Misclassified, class_names: list[str],
+                         total: int, path: Path) -> None:
+    """The misclassified test images (w, n_H, n_W, n_C) uint8, most confident first, each
+    labelled ``true -> predicted (confidence)``; ``total``: the number of mistakes."""
+    from matplotlib.figure import Figure
+
+    cols = max(1, min(8, len(images)))
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    width = WIDTH * cols / 8
+    height = 0.8 + 0.98 * width * rows / cols  # the tiles' own aspect, and the title
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.7 / height, bottom=0.01)
+    _off(ax)
+    if len(images):
+        h, w = images.shape[1:3]
+        rgb = images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1)
+        ax.imshow(_blank_is_white(tile(rgb / 255.0, cols, gap=max(2, w // 4))))
+        for k in range(len(images)):
+            r, c = divmod(k, cols)
+            ax.text(c * (w + max(2, w // 4)), r * (h + max(2, w // 4)) - 0.5,
+                    f"{class_names[wrong.true[k]]} -> {class_names[wrong.predicted[k]]} "
+                    f"({wrong.confidence[k]:.2f})", fontsize=8, color="firebrick", va="bottom")
+    shown_of = f", the {len(images)} most confident shown" if total > len(images) else ""
+    ax.set_title(f"misclassified test images: {total}{shown_of}; true -> predicted "
+                 "(confidence)" if total else "no misclassified test image", fontsize=11,
+                 loc="left", pad=14)
+    fig.savefig(path, dpi=100)
+
+
+def filters_image(W: np.ndarray, scale: int = 8) -> np.ndarray:
+    """A conv layer's filters W (f, f, n_C_prev, n_C) as an RGB image (uint8), without a
+    figure (what is logged while training, a few milliseconds): as ``filters_figure``,
+    a column per output channel and a row per input channel, blue negative, red positive,
+    each weight ``scale`` pixels wide."""
+    from matplotlib import colormaps
+
+    f, _, n_in, n_out = W.shape
+    cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)
+    kernels = np.moveaxis(W[:, :, :rows, :cols], (2, 3), (0, 1)).reshape(rows * cols, f, f)
+    limit = float(np.abs(W).max()) or 1.0
+    mosaic = tile(kernels, cols) / (2 * limit) + 0.5  # [0, 1], NaN in the gaps
+    rgb = colormaps["RdBu_r"](np.nan_to_num(mosaic, nan=0.5))[..., :3]
+    rgb[np.isnan(mosaic)] = 1.0
+    return np.repeat(np.repeat((rgb * 255).round().astype(np.uint8), scale, 0), scale, 1)
