@@ -194,7 +194,7 @@ def pictures_stage(config: Config, net: Network, raw: Dataset, data: Dataset,
 
     def done() -> None:
         paths = drawing.result()
-        say(f"[pictures] {len(paths)} PNGs: feature_maps/, filters/, misclassified.png "
+        say(f"[pictures] {len(paths)} PNGs: feature_maps/, filters/, misclassified, saliency "
             f"({time.perf_counter() - t0:.1f}s, beside the model's logging)")
 
     return done

@@ -16,10 +16,11 @@ CHECKPOINT = "checkpoints/last.npz"  # written after every epoch; trainer.resume
 FEATURE_MAPS = "feature_maps"  # <class>.png: a test image through every conv and pool layer
 FILTERS = "filters"  # <conv layer>.png, rgb.png: the learned filters
 MISCLASSIFIED = "misclassified.png"
+SALIENCY = "saliency.png"  # d(predicted class score)/d(input) of the feature maps' images
 ERROR = "error.txt"  # the traceback of a failed run
 MLFLOW_RUN = "mlflow_run.json"  # where the run is in MLflow and what it logged
 
 MODEL_FILES = (MODEL_CARD, WEIGHTS, NORMALIZER)  # what rebuilds the trained model
 RESULTS = (*MODEL_FILES, METRICS, CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE,
-           FEATURE_MAPS, FILTERS, MISCLASSIFIED)  # files and folders, logged as artifacts
+           FEATURE_MAPS, FILTERS, MISCLASSIFIED, SALIENCY)  # files and folders: artifacts
 KEPT_ON_FAILURE = (*RESULTS, ERROR, CHECKPOINT)  # logged when a run fails or is stopped

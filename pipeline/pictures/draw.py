@@ -166,6 +166,29 @@ def misclassified_figure(images: np.ndarray, wrong: Misclassified, class_names: 
     fig.savefig(path, dpi=100)
 
 
+def saliency_figure(images: np.ndarray, maps: np.ndarray, true: list[str],
+                    predicted: list[str], path: Path) -> None:
+    """The fixed test images (m, n_H, n_W, n_C) uint8 above their saliency maps (m, n_H,
+    n_W): how strongly each pixel moves the predicted class's score, each map on its own
+    scale (black none, white most)."""
+    from matplotlib.figure import Figure
+
+    m = len(images)
+    fig = Figure(figsize=(WIDTH, 1.2 + 2.0 * WIDTH / max(m, 1) * 0.9))
+    axes = fig.subplots(2, m, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.80, bottom=0.02, wspace=0.05,
+                        hspace=0.25)
+    for k in range(m):
+        _show_input(axes[0, k], images[k])
+        axes[0, k].set_title(f"{true[k]} -> {predicted[k]}", fontsize=9,
+                             color="black" if true[k] == predicted[k] else "firebrick")
+        axes[1, k].imshow(maps[k], cmap="gray", vmin=0, vmax=float(maps[k].max()) or 1.0)
+        _off(axes[1, k])
+    fig.suptitle("saliency: |d(predicted class score) / d(pixel)|, the largest over the "
+                 "channels; top: true -> predicted class", fontsize=10, x=0.01, ha="left")
+    fig.savefig(path, dpi=100)
+
+
 def filters_image(W: np.ndarray, scale: int = 8) -> np.ndarray:
     """A conv layer's filters W (f, f, n_C_prev, n_C) as an RGB image (uint8), without a
     figure (what is logged while training, a few milliseconds): as ``filters_figure``,

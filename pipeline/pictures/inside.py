@@ -50,6 +50,23 @@ def feature_maps(net: Network, x: np.ndarray) -> list[list[FeatureMap]]:
     return maps
 
 
+def class_score_gradient(net: Network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted classes (m,) of ``x`` (m, n_H, n_W, n_C) and the gradient of each
+    image's predicted class score (its logit) with respect to that image, (m, n_H, n_W,
+    n_C): which pixels would change the decision most (evaluation mode)."""
+    scores = net.forward(x, training=False)  # (m, K)
+    predicted = scores.argmax(axis=1)
+    dout = np.zeros_like(scores)
+    dout[np.arange(len(x)), predicted] = 1.0  # d(score of the predicted class)/d(scores)
+    return predicted, net.backward(dout, input_grad=True)
+
+
+def saliency(gradient: np.ndarray) -> np.ndarray:
+    """A saliency map (m, n_H, n_W) of input gradients (m, n_H, n_W, n_C): the largest
+    absolute gradient over the channels (Simonyan et al., 2014)."""
+    return np.abs(gradient).max(axis=-1)
+
+
 def conv_filters(net: Network) -> list[tuple[str, str, np.ndarray]]:
     """``(name, describe, W)`` of every conv layer, W (f, f, n_C_prev, n_C)."""
     return [(str(layer.name), repr(layer), layer.params["W"].copy())

@@ -5,7 +5,9 @@
 - ``filters/<layer>.png`` for every conv layer, and ``filters/rgb.png`` (the first layer's
   filters as colours) when the input has 3 channels; also drawn during training at a few
   epochs and logged with ``step=epoch``, so the UI's step slider shows them forming;
-- ``misclassified.png``: the most confident mistakes on the test split.
+- ``misclassified.png``: the most confident mistakes on the test split;
+- ``saliency.png``: for the same test images, the gradient of the predicted class's score
+  with respect to the input (``Network.backward(..., input_grad=True)``).
 
 ``pictures.enabled=false`` turns them off.
 """
@@ -25,7 +27,7 @@ from layers.network import Network
 from pipeline.config.schema import PicturesConfig
 from pipeline.data.dataset import Dataset
 from pipeline.pictures import draw, inside
-from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED
+from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED, SALIENCY
 
 
 def _file_name(text: str) -> str:
@@ -85,19 +87,24 @@ def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
     wrong = inside.misclassified(probs, data.test.y, settings.misclassified)
     total = int(np.sum(probs.argmax(axis=1) != data.test.y))
     mistakes = (raw.test.x[wrong.index], wrong, raw.class_names, total)
+    predicted, gradient = inside.class_score_gradient(net, data.test.x[chosen])
+    names = raw.class_names
+    salient = (raw.test.x[chosen], inside.saliency(gradient),
+               [names[int(k)] for k in data.test.y[chosen]], [names[int(k)] for k in predicted])
     drawer = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
     with warnings.catch_warnings():  # Python 3.12 warns of fork with threads running: the
         warnings.simplefilter("ignore", DeprecationWarning)  # child only draws and exits
-        future = drawer.submit(_draw, inside.conv_filters(net), journeys, mistakes, out_dir)
+        future = drawer.submit(_draw, inside.conv_filters(net), journeys, mistakes, salient,
+                               out_dir)
     drawer.shutdown(wait=False)
     return future
 
 
 def _draw(filters: list[tuple[str, str, np.ndarray]],
           journeys: list[tuple[np.ndarray, str, list[inside.FeatureMap]]],
-          mistakes: tuple, out_dir: Path) -> list[Path]:
-    """Draw the filters, the feature maps of each ``(image, label, maps)`` and the
-    misclassified images; return the PNGs written."""
+          mistakes: tuple, salient: tuple, out_dir: Path) -> list[Path]:
+    """Draw the filters, the feature maps of each ``(image, label, maps)``, the
+    misclassified images and the saliency maps; return the PNGs written."""
     paths = draw_filters(filters, out_dir)
     folder = out_dir / FEATURE_MAPS
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,4 +113,5 @@ def _draw(filters: list[tuple[str, str, np.ndarray]],
         draw.feature_map_figure(image, label, maps, path)
         paths.append(path)
     draw.misclassified_figure(*mistakes, out_dir / MISCLASSIFIED)
-    return [*paths, out_dir / MISCLASSIFIED]
+    draw.saliency_figure(*salient, out_dir / SALIENCY)
+    return [*paths, out_dir / MISCLASSIFIED, out_dir / SALIENCY]

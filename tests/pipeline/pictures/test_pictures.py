@@ -8,13 +8,14 @@ import pytest
 from PIL import Image
 
 from layers.conv import Conv2D
+from layers.gradcheck import numerical_grad, rel_error
 from layers.pool import Pool2D
 from pipeline import run as pipeline_run
 from pipeline.config.checks import validate
 from pipeline.config.schema import PicturesConfig
 from pipeline.data.dataset import Dataset, Split
 from pipeline.pictures import draw, inside, of_run
-from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED
+from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED, SALIENCY
 from pipeline.training.model import build_network
 from tests.support import only_run
 
@@ -66,6 +67,20 @@ def test_probabilities_are_a_softmax_of_the_logits(net):
     np.testing.assert_allclose(probs, expected, rtol=1e-12)
 
 
+def test_the_saliency_gradient_passes_a_numerical_gradient_check(net):
+    """d(predicted class score)/d(input) against central differences, in float64."""
+    x = np.random.default_rng(2).random((2, 8, 8, 1)) + 0.01
+    predicted, gradient = inside.class_score_gradient(net, x)
+    for i in range(2):
+        image = x[i:i + 1].copy()
+
+        def score(image=image, k=predicted[i]):
+            return float(net.forward(image, training=False)[0, k])
+
+        assert rel_error(gradient[i:i + 1], numerical_grad(score, image)) < 1e-7
+    np.testing.assert_array_equal(inside.saliency(gradient), np.abs(gradient).max(axis=-1))
+
+
 def test_filters_are_drawn_at_spread_epochs():
     assert of_run.filter_epochs(40, 4) == {1, 14, 27, 40}
     assert of_run.filter_epochs(2, 4) == {1, 2} and of_run.filter_epochs(9, 0) == set()
@@ -91,7 +106,7 @@ def test_every_picture_is_written(tmp_path, net):
     paths = of_run.draw_run(net, raw, data, tmp_path, PicturesConfig(misclassified=5)).result()
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
     assert names == {f"{FEATURE_MAPS}/a.png", f"{FEATURE_MAPS}/b.png", f"{FEATURE_MAPS}/c.png",
-                     f"{FILTERS}/conv1.png", f"{FILTERS}/conv2.png", MISCLASSIFIED}
+                     f"{FILTERS}/conv1.png", f"{FILTERS}/conv2.png", MISCLASSIFIED, SALIENCY}
     for path in paths:
         with Image.open(path) as image:
             assert image.size[0] >= 600 and image.size[1] >= 150, path
@@ -105,7 +120,7 @@ def test_a_run_logs_its_pictures_and_the_filters_at_each_step(tmp_path, compose,
     assert {f"{FEATURE_MAPS}/{k}.png" for k in range(10)} <= logged
     assert {a.path for a in client.list_artifacts(run.info.run_id, FILTERS)} == {
         f"{FILTERS}/conv1.png", f"{FILTERS}/conv2.png"}
-    assert MISCLASSIFIED in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {MISCLASSIFIED, SALIENCY} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     # mlflow.log_image(key=..., step=...) files: images/<key, / as ~>+step+<step>+...
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     steps = {(p.split("/")[1].split("+")[0], int(p.split("+")[2])) for p in images
