@@ -1,4 +1,4 @@
-"""Inference from a finished run: raw uint8 images in, class labels out.
+"""Inference from a finished run: raw uint8 images in, class labels (or probabilities) out.
 
 A run directory holds what inference needs: ``model.json`` (the validated model config,
 input shape, dtype and classes), ``weights.npz`` and ``normalizer.json``. ``Predictor``
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from layers.losses import softmax
 from layers.network import Network
 from pipeline.config.checks import validate_model
 from pipeline.data.normalize import Normalizer
@@ -47,11 +48,15 @@ def save_model_card(
 
 
 class Predictor:
-    """A trained network with its normalization: ``predict(x_uint8) -> class values``."""
+    """A trained network with its normalization: ``predict(x_uint8) -> class values``,
+    ``probabilities(x_uint8) -> (m, K)``, columns in the order of ``classes`` and
+    ``class_names``."""
 
     def __init__(self, net: Network, normalizer: Normalizer, card: dict[str, Any]) -> None:
         self.net, self.normalizer, self.card = net, normalizer, card
         self.classes = np.asarray(card["classes"], dtype=np.int64)  # (K,)
+        # (K,) the names of the classes, e.g. an image folder's class folders
+        self.class_names = [str(n) for n in card.get("class_names") or self.classes]
         self.input_shape = tuple(card["input_shape"])
 
     @classmethod
@@ -68,16 +73,30 @@ class Predictor:
         net.load(str(run_dir / WEIGHTS))
         return cls(net, Normalizer.load(run_dir / NORMALIZER), card)
 
-    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class values (m,) int64 for raw images (m, n_H, n_W, n_C) uint8."""
+    def _inputs(self, images: np.ndarray) -> np.ndarray:
+        """Raw images (m, n_H, n_W, n_C) uint8 as the network's normalized inputs."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
             raise ValueError(
                 f"expected uint8 images of shape (m, {', '.join(map(str, self.input_shape))}),"
                 f" got {images.shape}"
             )
-        x = self.normalizer.transform(images, self.net.dtype)
-        return self.classes[self.net.predict(x, batch_size)]
+        return self.normalizer.transform(images, self.net.dtype)
+
+    def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class values (m,) int64 for raw images (m, n_H, n_W, n_C) uint8."""
+        return self.classes[self.net.predict(self._inputs(images), batch_size)]
+
+    def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (m, K) float64 for raw images (m, n_H, n_W, n_C) uint8: the
+        softmax of the network's logits (evaluated in batches, no dropout), each row
+        summing to 1, column k for ``classes[k]``; its argmax is ``predict``'s choice."""
+        x = self._inputs(images)
+        logits = [self.net.forward(x[i : i + batch_size], training=False)
+                  for i in range(0, len(x), batch_size)]  # each (batch, K)
+        if not logits:
+            return np.zeros((0, len(self.classes)))
+        return softmax(np.concatenate(logits).astype(np.float64))
 
     def describe(self) -> dict[str, Any]:
         """The model card, plus the normalizer, as plain data."""
