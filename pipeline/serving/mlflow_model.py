@@ -130,6 +130,21 @@ class CNNModel(mlflow.pyfunc.PythonModel):
         return self.predictor.predict(x).astype(np.int64)
 
 
+def load_predictor(model_uri: str) -> Predictor:
+    """The ``Predictor`` inside the pyfunc model at ``model_uri`` (``runs:/<run id>/<name>``,
+    ``models:/<name>/<version>``, ``models:/<name>@<alias>``, ``models:/<model id>``, a local
+    model folder), loaded by ``mlflow.pyfunc.load_model`` as a served model is, from the
+    current tracking and registry URIs. A ValueError when it is not this project's model."""
+    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    # Not isinstance(CNNModel): MLflow runs the model's copy of this file as a module of its
+    # own, whose CNNModel is another class; its Predictor is the installed one.
+    predictor = getattr(python_model, "predictor", None)
+    if not isinstance(predictor, Predictor):
+        raise ValueError(f"{model_uri} is not a model of this project (a {MODEL_TYPE} pyfunc "
+                         f"model): its python model is a {type(python_model).__name__}")
+    return predictor
+
+
 def default_input_example(input_shape: tuple[int, ...]) -> np.ndarray:
     """One raw image (1, *input_shape) uint8, a horizontal ramp 0..255. One, not more:
     logging the model sends it through the scoring server's JSON parsing (0.1 s for each
