@@ -240,3 +240,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("Ctrl-C: stopped", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader stopped early (| head): what it read is complete
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        raise SystemExit(0) from None
