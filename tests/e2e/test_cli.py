@@ -38,7 +38,7 @@ def test_stages_print_one_line_each_and_a_final_test_accuracy(digits_run):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert [line.split("]")[0] + "]" for line in lines] == [
-        "[load]", "[normalize]", "[train]", "[evaluate]"
+        "[load]", "[normalize]", "[train]", "[pictures]", "[evaluate]"
     ]
     final = proc.stdout.strip().splitlines()[-1]
     assert final.startswith("test accuracy: ")
@@ -48,7 +48,9 @@ def test_stages_print_one_line_each_and_a_final_test_accuracy(digits_run):
 def test_the_run_writes_its_files_into_the_hydra_output_directory(digits_run):
     _, out = digits_run
     for name in ("weights.npz", "normalizer.json", "metrics.json", "confusion_matrix.png",
-                 "learning_curve.png", "checkpoints/last.npz", ".hydra/config.yaml"):
+                 "learning_curve.png", "checkpoints/last.npz", ".hydra/config.yaml",
+                 "misclassified.png", "saliency.png", "filters/conv1.png",
+                 "feature_maps/0.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"test_accuracy", "test_loss"} <= set(metrics)
