@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
+from layers.losses import softmax
 from layers.parallel import one_blas_thread
 
 
@@ -133,6 +134,15 @@ class Network:
             for i in range(0, X.shape[0], batch_size)
         ]
         return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+    def probabilities(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (m, K) float64: the softmax of the outputs (m, K), evaluated
+        in batches, no dropout; each row sums to 1 and its argmax is ``predict``'s label."""
+        self.check_input(X)
+        batch_size = check_positive_int("Network.probabilities", "batch_size", batch_size)
+        logits = [self._run(X[i : i + batch_size], training=False).astype(np.float64)
+                  for i in range(0, X.shape[0], batch_size)]  # each (batch, K)
+        return softmax(np.concatenate(logits)) if logits else np.zeros((0, *self.output_shape))
 
     # -- parameters ---------------------------------------------------------------------
     @property

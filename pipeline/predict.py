@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.imagefolder import IMAGE_EXTENSIONS, RESAMPLE, to_rgb
+from pipeline.data.imagefolder import IMAGE_EXTENSIONS, resized_rgb
 from pipeline.run_files import MODEL_FILES
 from pipeline.serving.inference import Predictor
 
@@ -186,7 +186,7 @@ def decode(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
                 raise PredictError(
                     f"{path} is {image.width}x{image.height}; the model takes {n_W}x{n_H} "
                     "images: add --resize to resize them as the training images were (LANCZOS)")
-            rgb = to_rgb(image).resize((n_W, n_H), RESAMPLE)  # as imagefolder._decode does
+            rgb = resized_rgb(image, n_W, n_H)  # as the training images were made
             pixels = np.asarray(rgb.convert("L") if n_C == 1 else rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise PredictError(f"cannot read image {path}: {_first_line(e)}") from None

@@ -100,12 +100,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def resized_rgb(image: Image.Image, width: int, height: int) -> Image.Image:
+    """An image as the training images are made: 8-bit RGB (``to_rgb``), resized with
+    ``RESAMPLE`` (also what ``pipeline.predict`` gives a model)."""
+    return to_rgb(image).resize((width, height), RESAMPLE)
+
+
 def _decode(path: Path, image_size: int) -> np.ndarray:
-    """One image as (image_size, image_size, 3) uint8 RGB (``to_rgb``)."""
+    """One image as (image_size, image_size, 3) uint8 RGB (``resized_rgb``)."""
     try:
         with Image.open(path) as image:
-            rgb = to_rgb(image).resize((image_size, image_size), RESAMPLE)
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(resized_rgb(image, image_size, image_size), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 

@@ -73,20 +73,6 @@ def conv_filters(net: Network) -> list[tuple[str, str, np.ndarray]]:
             for layer in net.layers if isinstance(layer, Conv2D)]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities (m, K) of logits (m, K), each row summing to 1."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def probabilities(net: Network, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The network's class probabilities (m, K) for inputs ``x`` (m, n_H, n_W, n_C)."""
-    parts = [softmax(net.forward(x[i:i + batch_size], training=False).astype(np.float64))
-             for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts) if parts else np.empty((0, net.output_shape[0]))
-
-
 @dataclass
 class Misclassified:
     """The test images the network got wrong, most confident first."""

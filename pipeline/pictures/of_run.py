@@ -83,7 +83,7 @@ def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
     journeys = [(raw.test.x[i], raw.class_names[int(data.test.y[i])], maps)
                 for i, maps in zip(chosen, inside.feature_maps(net, data.test.x[chosen]),
                                    strict=True)]
-    probs = inside.probabilities(net, data.test.x)  # (m, K)
+    probs = net.probabilities(data.test.x)  # (m, K)
     wrong = inside.misclassified(probs, data.test.y, settings.misclassified)
     total = int(np.sum(probs.argmax(axis=1) != data.test.y))
     mistakes = (raw.test.x[wrong.index], wrong, raw.class_names, total)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from layers.losses import softmax
 from layers.network import Network
 from pipeline.config.checks import validate_model
 from pipeline.data.normalize import Normalizer
@@ -91,12 +90,7 @@ class Predictor:
         """Class probabilities (m, K) float64 for raw images (m, n_H, n_W, n_C) uint8: the
         softmax of the network's logits (evaluated in batches, no dropout), each row
         summing to 1, column k for ``classes[k]``; its argmax is ``predict``'s choice."""
-        x = self._inputs(images)
-        logits = [self.net.forward(x[i : i + batch_size], training=False)
-                  for i in range(0, len(x), batch_size)]  # each (batch, K)
-        if not logits:
-            return np.zeros((0, len(self.classes)))
-        return softmax(np.concatenate(logits).astype(np.float64))
+        return self.net.probabilities(self._inputs(images), batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The model card, plus the normalizer, as plain data."""

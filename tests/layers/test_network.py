@@ -214,6 +214,19 @@ def test_predict_in_batches_without_dropout() -> None:
     np.testing.assert_array_equal(labels, net.predict(X))  # dropout is off: deterministic
 
 
+def test_probabilities_in_batches_are_the_softmax_of_the_outputs() -> None:
+    net = Network([Flatten(), Dense(16), ReLU(), Dropout(0.5), Dense(K)])
+    net.build(INPUT)
+    X, _ = data(m=20)
+    probs = net.probabilities(X, batch_size=7)
+    logits = net.forward(X, training=False).astype(np.float64)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-6)
+    assert probs.dtype == np.float64 and np.allclose(probs.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(probs.argmax(axis=1), net.predict(X))
+    assert net.probabilities(X[:0]).shape == (0, K)
+
+
 # -- training --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, kwargs, steps",

@@ -61,7 +61,7 @@ def test_misclassified_are_the_most_confident_mistakes_first():
 
 def test_probabilities_are_a_softmax_of_the_logits(net):
     x = np.random.default_rng(1).random((5, 8, 8, 1))
-    probs = inside.probabilities(net, x, batch_size=2)
+    probs = net.probabilities(x, batch_size=2)
     logits = net.forward(x, training=False)
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(probs, expected, rtol=1e-12)
