@@ -14,9 +14,11 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 LEARNING_CURVE = "learning_curve.png"
 CHECKPOINT = "checkpoints/last.npz"  # written after every epoch; trainer.resume reads it
 FEATURE_MAPS = "feature_maps"  # <class>.png: a test image through every conv and pool layer
+FEATURE_MAP_ARRAYS = "feature_maps/first_image.npz"  # the first of them as arrays, for sweeps
 FILTERS = "filters"  # <conv layer>.png, rgb.png: the learned filters
 MISCLASSIFIED = "misclassified.png"
 SALIENCY = "saliency.png"  # d(predicted class score)/d(input) of the feature maps' images
+SWEEP_FEATURE_MAPS = "feature_maps_by_run.png"  # a sweep parent's: each child's first image
 ERROR = "error.txt"  # the traceback of a failed run
 MLFLOW_RUN = "mlflow_run.json"  # where the run is in MLflow and what it logged
 

@@ -73,7 +73,7 @@ def feature_map_figure(image: np.ndarray, label: str, maps: list[FeatureMap],
         values = fmap.values  # (n_H, n_W, n_C)
         shown = min(MAX_CHANNELS, values.shape[-1])
         channels = np.moveaxis(values[..., :shown], -1, 0)  # (shown, n_H, n_W)
-        low, high = float(values.min()), float(values.max())
+        low, high = float(values.min()) + 0.0, float(values.max()) + 0.0  # (no "-0")
         ax.imshow(tile(channels, shown), cmap="viridis", interpolation="nearest",
                   vmin=low, vmax=high)
         _off(ax)
@@ -83,6 +83,50 @@ def feature_map_figure(image: np.ndarray, label: str, maps: list[FeatureMap],
                      loc="left")
     fig.suptitle("feature maps: each row one layer's output channels, on the row's own "
                  "colour scale (dark low, yellow high)", fontsize=10, x=0.01, ha="left")
+    fig.savefig(path, dpi=100)
+
+
+def _channel_grid(values: np.ndarray) -> np.ndarray:
+    """A feature map's channels (n_H, n_W, c) as one square-ish mosaic of its c channels."""
+    channels = np.moveaxis(values, -1, 0)  # (c, n_H, n_W)
+    return tile(channels, int(np.ceil(np.sqrt(len(channels)))))
+
+
+def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[int, ...]]]],
+                 image_label: str, title: str, path: Path) -> None:
+    """What a sweep changed: a row per run ``(label, image (n_H, n_W, n_C) uint8, maps,
+    full shapes)``, the same test image in each, then a column per conv and pool layer
+    with that layer's kept channels as a square mosaic, each cell on its own colour scale
+    (viridis, its range in its title); ``label`` names the run's swept values."""
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    cols = 1 + max(len(maps) for _, _, maps, _ in runs)
+    cell = min(2.4, WIDTH / cols)  # inches
+    height = 0.8 + len(runs) * (cell + 0.6)
+    fig = Figure(figsize=(cols * cell + 1.9, height), layout="constrained")  # (wrapped
+    axes = fig.subplots(len(runs), cols, squeeze=False)  # titles of 1 to 3 lines: laid out)
+    wrap = max(14, int(cell * 15))  # characters per title line at 7 points
+    for row, (label, image, maps, shapes) in zip(axes, runs, strict=True):
+        _show_input(row[0], image)
+        row[0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        row[0].set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=7)
+        for ax in row[1 + len(maps):]:
+            ax.set_visible(False)
+        for ax, fmap, shape in zip(row[1:], maps, shapes, strict=False):
+            low, high = float(fmap.values.min()) + 0.0, float(fmap.values.max()) + 0.0
+            ax.imshow(_channel_grid(fmap.values), cmap="viridis", interpolation="nearest",
+                      vmin=low, vmax=high)
+            _off(ax)
+            shown = fmap.values.shape[-1]
+            kept = f", channels 0-{shown - 1}" if shown < shape[-1] else ""
+            text = f"{fmap.describe} -> {'x'.join(map(str, shape))}{kept}; " \
+                   f"{low:.3g} to {high:.3g}"
+            ax.set_title(textwrap.fill(text, wrap), fontsize=7)
+    fig.suptitle(f"{title}: the same test image (class {image_label}) through each run's "
+                 "layers,\neach cell on its own colour scale (dark low, yellow high)",
+                 fontsize=10, x=0.01, ha="left")
     fig.savefig(path, dpi=100)
 
 

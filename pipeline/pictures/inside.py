@@ -2,18 +2,22 @@
 activations every conv and pool layer gives them, and the misclassified test images.
 
 The arrays here are the layers' own outputs (``layer.forward(x, training=False)`` in
-network order), so a picture of a feature map is what the next layer reads.
+network order, after the ReLU the model applies to them), so a picture of a feature map is
+what the model as configured (conv -> ReLU -> pool) passes on to its next layer.
+``save_maps`` and ``load_maps`` keep one image's maps as arrays, for the sweep's figure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from layers.activations import ReLU
 from layers.conv import Conv2D
 from layers.network import Network
-from layers.pool import Pool2D
+from layers.pool import MaxPool2D, Pool2D
 
 
 @dataclass
@@ -37,16 +41,31 @@ def shows_maps(layer: object) -> bool:
     return isinstance(layer, Conv2D | Pool2D)
 
 
+def relu_applied(layers: list[object], k: int) -> bool:
+    """Whether the model applies a ReLU to layer ``k``'s output: the next layer is one, or
+    ``k`` is a conv followed by a max pool and then the conv's ReLU (``training.model``
+    moves a ReLU after the max pool that follows it: the same function, less work)."""
+    after = layers[k + 1:k + 3]
+    return bool(after) and isinstance(after[0], ReLU) or (
+        isinstance(layers[k], Conv2D) and len(after) == 2
+        and isinstance(after[0], MaxPool2D) and isinstance(after[1], ReLU))
+
+
 def feature_maps(net: Network, x: np.ndarray) -> list[list[FeatureMap]]:
     """For each image of ``x`` (m, n_H, n_W, n_C), normalized as the network takes it, the
-    output of every conv and pool layer in order (evaluation mode)."""
+    output of every conv and pool layer in order (evaluation mode), after the ReLU the
+    model applies to it (``relu_applied``): what the model as configured (conv -> ReLU ->
+    pool) computes, whichever pooling mode."""
     maps: list[list[FeatureMap]] = [[] for _ in range(len(x))]
     out = x
-    for layer in net.layers:
+    for k, layer in enumerate(net.layers):
         out = layer.forward(out, training=False)
         if shows_maps(layer):
+            relu = relu_applied(net.layers, k)
+            shown = np.maximum(out, 0) if relu else out  # (m, n_H, n_W, n_C)
+            describe = f"{layer!r} + ReLU" if relu else repr(layer)
             for i in range(len(x)):
-                maps[i].append(FeatureMap(str(layer.name), repr(layer), out[i].copy()))
+                maps[i].append(FeatureMap(str(layer.name), describe, shown[i].copy()))
     return maps
 
 
@@ -91,3 +110,26 @@ def misclassified(probs: np.ndarray, y: np.ndarray, limit: int) -> Misclassified
     confidence = probs[wrong, predicted[wrong]]
     order = wrong[np.argsort(-confidence, kind="stable")][:limit]
     return Misclassified(order, y[order], predicted[order], probs[order, predicted[order]])
+
+
+def save_maps(path: Path, image: np.ndarray, label: str, maps: list[FeatureMap],
+              channels: int) -> None:
+    """One image (n_H, n_W, n_C) uint8 of class ``label`` and its feature ``maps`` (their
+    first ``channels`` channels and their full shapes) as a compressed ``.npz``: what the
+    sweep's figure (``pictures.of_sweep``) reads back from each child run."""
+    np.savez_compressed(
+        path, image=image, label=np.array(label),
+        layers=np.array([m.layer for m in maps]), describes=np.array([m.describe for m in maps]),
+        shapes=np.array([m.values.shape for m in maps], dtype=np.int64).reshape(-1, 3),
+        **{f"map{k}": m.values[..., :channels] for k, m in enumerate(maps)})
+
+
+def load_maps(path: Path) -> tuple[np.ndarray, str, list[FeatureMap], list[tuple[int, ...]]]:
+    """What ``save_maps`` wrote: the image, its label, the maps (their kept channels) and
+    each map's full shape (n_H, n_W, n_C)."""
+    with np.load(path, allow_pickle=False) as saved:
+        maps = [FeatureMap(str(name), str(describe), saved[f"map{k}"])
+                for k, (name, describe) in enumerate(zip(saved["layers"], saved["describes"],
+                                                         strict=True))]
+        shapes = [tuple(int(n) for n in s) for s in saved["shapes"]]
+        return saved["image"], str(saved["label"]), maps, shapes

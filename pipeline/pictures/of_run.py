@@ -1,7 +1,9 @@
 """A run's pictures, written to its directory (``run_files``) and logged to MLflow:
 
 - ``feature_maps/<class>.png``: the first test image of each class, the output of every
-  conv and pool layer, so padding, stride and the pooling mode are visible;
+  conv and pool layer, so padding, stride and the pooling mode are visible; the first
+  of them also as arrays (``feature_maps/first_image.npz``), which a sweep's parent puts
+  side by side for its children (``pictures.of_sweep``);
 - ``filters/<layer>.png`` for every conv layer, and ``filters/rgb.png`` (the first layer's
   filters as colours) when the input has 3 channels; also drawn during training at a few
   epochs and logged with ``step=epoch``, so the UI's step slider shows them forming;
@@ -27,7 +29,13 @@ from layers.network import Network
 from pipeline.config.schema import PicturesConfig
 from pipeline.data.dataset import Dataset
 from pipeline.pictures import draw, inside
-from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED, SALIENCY
+from pipeline.run_files import (
+    FEATURE_MAP_ARRAYS,
+    FEATURE_MAPS,
+    FILTERS,
+    MISCLASSIFIED,
+    SALIENCY,
+)
 
 
 def _file_name(text: str) -> str:
@@ -108,10 +116,12 @@ def _draw(filters: list[tuple[str, str, np.ndarray]],
     paths = draw_filters(filters, out_dir)
     folder = out_dir / FEATURE_MAPS
     folder.mkdir(parents=True, exist_ok=True)
+    if journeys:
+        inside.save_maps(out_dir / FEATURE_MAP_ARRAYS, *journeys[0], draw.MAX_CHANNELS)
     for image, label, maps in journeys:
         path = folder / f"{_file_name(label)}.png"
         draw.feature_map_figure(image, label, maps, path)
         paths.append(path)
     draw.misclassified_figure(*mistakes, out_dir / MISCLASSIFIED)
     draw.saliency_figure(*salient, out_dir / SALIENCY)
-    return [*paths, out_dir / MISCLASSIFIED, out_dir / SALIENCY]
+    return [*paths, out_dir / MISCLASSIFIED, out_dir / SALIENCY]  # (the PNGs: not the .npz)

@@ -2,7 +2,8 @@
 sorted by the sweep's objective (best validation accuracy first).
 
 At the end of a sweep ``pipeline.tracking.sweep`` logs it on the parent run: ``sweep_summary.csv``,
-``sweep_summary.txt`` (the readable table), ``objective_vs_params.png``, the ``best_run_id``
+``sweep_summary.txt`` (the readable table), ``objective_vs_params.png``,
+``feature_maps_by_run.png`` (``pictures.of_sweep``: what the sweep changed), the ``best_run_id``
 tag, the best run's values as ``best.<key>`` params and its metrics as ``best_run/<column>``
 (with the objective itself under its own name), and registers the best run's model with
 ``register_champion``. ``python -m pipeline.report`` prints the table in a terminal.
@@ -10,6 +11,7 @@ tag, the best run's values as ``best.<key>`` params and its metrics as ``best_ru
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.pictures import of_sweep
+from pipeline.run_files import SWEEP_FEATURE_MAPS
 from pipeline.tracking import names
 from pipeline.tracking.store import (
     DESCRIPTION_TAG,
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger("pipeline")
 
 OBJECTIVE = "best_val_accuracy"  # the table's column of the sweep's objective
 COLUMNS = {  # the table's metric columns -> the child runs' metrics
@@ -175,6 +181,12 @@ def log_summary(
         if keys and not table[OBJECTIVE].isna().all():
             objective_plot(table, keys, out / "objective_vs_params.png")
             files.append(out / "objective_vs_params.png")
+        try:  # a picture: its failure must not cost the summary
+            if of_sweep.sweep_feature_maps(client, table, keys, OBJECTIVE,
+                                           out / SWEEP_FEATURE_MAPS) is not None:
+                files.append(out / SWEEP_FEATURE_MAPS)
+        except Exception:
+            log.exception("[sweep] no %s", SWEEP_FEATURE_MAPS)
         if (out / "optimization_results.yaml").is_file():
             files.append(out / "optimization_results.yaml")
         for path in files:

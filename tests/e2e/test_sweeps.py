@@ -21,6 +21,7 @@ mlflow = pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: p
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from pipeline.run_files import FEATURE_MAP_ARRAYS, SWEEP_FEATURE_MAPS  # noqa: E402
 from pipeline.tracking import names, summary  # noqa: E402
 from tests.support import ctrl_c_delivered, pipeline_env, run_pipeline  # noqa: E402
 
@@ -61,7 +62,8 @@ def the_sweep(tmp_path: Path):
 
 def assert_summary(client: MlflowClient, parent, n_rows: int) -> pd.DataFrame:
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png"} <= artifacts
+    assert {"sweep_summary.csv", "sweep_summary.txt", "objective_vs_params.png",
+            SWEEP_FEATURE_MAPS} <= artifacts
     local = client.download_artifacts(parent.info.run_id, "sweep_summary.csv")
     table = pd.read_csv(local)
     assert len(table) == n_rows
@@ -99,6 +101,9 @@ def test_a_2x2_sweep_is_one_parent_with_four_finished_children(tmp_path, launche
     best = table.iloc[0]
     assert parent.data.params["best.model.pool_mode"] == best["model.pool_mode"]
     assert parent.data.params["best.model.conv1.f"] == str(best["model.conv1.f"])
+    for child in children:  # what the parent's feature_maps_by_run.png puts side by side
+        assert client.list_artifacts(child.info.run_id, "feature_maps")
+        assert Path(child.data.tags["output_dir"], FEATURE_MAP_ARRAYS).is_file()
     out_dirs = {c.data.tags["output_dir"] for c in children}
     assert len(out_dirs) == 4 and all(Path(d, "metrics.json").is_file() for d in out_dirs)
 

@@ -15,7 +15,13 @@ from pipeline.config.checks import validate
 from pipeline.config.schema import PicturesConfig
 from pipeline.data.dataset import Dataset, Split
 from pipeline.pictures import draw, inside, of_run
-from pipeline.run_files import FEATURE_MAPS, FILTERS, MISCLASSIFIED, SALIENCY
+from pipeline.run_files import (
+    FEATURE_MAP_ARRAYS,
+    FEATURE_MAPS,
+    FILTERS,
+    MISCLASSIFIED,
+    SALIENCY,
+)
 from pipeline.training.model import build_network
 from tests.support import only_run
 
@@ -28,20 +34,58 @@ def net(compose):
     return build_network(validate(compose()).model, (8, 8, 1), 3, seed=0, dtype=np.float64)
 
 
-def test_feature_maps_are_the_layers_own_outputs(net):
-    x = np.random.default_rng(0).random((2, 8, 8, 1))
-    maps = inside.feature_maps(net, x)
-    expected, out = [], x
+def _outputs(net, x):
+    """Every layer's output in order: [(layer, output)]."""
+    out, outputs = x, []
     for layer in net.layers:
         out = layer.forward(out, training=False)
-        if isinstance(layer, Conv2D | Pool2D):
-            expected.append((layer.name, out.copy()))
-    assert [m.layer for m in maps[0]] == [name for name, _ in expected] == \
+        outputs.append((layer, out.copy()))
+    return outputs
+
+
+def test_feature_maps_are_the_layers_own_outputs_after_their_relu(net):
+    """conv -> ReLU -> max pool runs as conv -> max pool -> ReLU (the same function): the
+    maps show each conv and pool layer's output after the ReLU the model applies to it."""
+    assert [layer.name for layer in net.layers[:3]] == ["conv1", "pool1", "conv1_relu"]
+    x = np.random.default_rng(0).random((2, 8, 8, 1))
+    maps = inside.feature_maps(net, x)
+    outputs = _outputs(net, x)
+    shown = [(layer.name, np.maximum(out, 0)) for layer, out in outputs
+             if isinstance(layer, Conv2D | Pool2D)]
+    assert [m.layer for m in maps[0]] == [name for name, _ in shown] == \
         ["conv1", "pool1", "conv2", "pool2"]
     for i in range(2):
-        for fmap, (_, values) in zip(maps[i], expected, strict=True):
+        for fmap, (_, values) in zip(maps[i], shown, strict=True):
             np.testing.assert_array_equal(fmap.values, values[i])
-    assert maps[0][1].describe.startswith("MaxPool2D 'pool1'(f=2, stride=2)")
+    np.testing.assert_array_equal(maps[0][1].values, outputs[2][1][0])  # = conv1_relu's
+    assert maps[0][1].describe == "MaxPool2D 'pool1'(f=2, stride=2) + ReLU"
+    assert all(m.describe.endswith(" + ReLU") for m in maps[0])
+
+
+def test_average_pool_maps_are_its_output_as_it_is(compose):
+    net = build_network(validate(compose("model.pool_mode=average")).model, (8, 8, 1), 3,
+                        seed=0, dtype=np.float64)
+    assert [layer.name for layer in net.layers[:3]] == ["conv1", "conv1_relu", "pool1"]
+    x = np.random.default_rng(0).random((1, 8, 8, 1))
+    conv, pool = inside.feature_maps(net, x)[0][:2]
+    outputs = _outputs(net, x)
+    np.testing.assert_array_equal(conv.values, outputs[1][1][0])  # conv1_relu's output
+    np.testing.assert_array_equal(pool.values, outputs[2][1][0])
+    assert conv.describe.endswith(" + ReLU") and pool.describe.startswith("AvgPool2D")
+    assert not pool.describe.endswith("ReLU")
+
+
+def test_saved_maps_are_read_back_with_their_kept_channels(tmp_path, net):
+    x = np.random.default_rng(3).random((1, 8, 8, 1))
+    maps = inside.feature_maps(net, x)[0]
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
+    inside.save_maps(tmp_path / "m.npz", image, "seven", maps, channels=4)
+    read, label, back, shapes = inside.load_maps(tmp_path / "m.npz")
+    np.testing.assert_array_equal(read, image)
+    assert label == "seven" and shapes == [m.values.shape for m in maps]
+    assert [(m.layer, m.describe) for m in back] == [(m.layer, m.describe) for m in maps]
+    for kept, full in zip(back, maps, strict=True):
+        np.testing.assert_array_equal(kept.values, full.values[..., :4])
 
 
 def test_the_fixed_images_are_the_first_of_each_class():
@@ -121,6 +165,7 @@ def test_a_run_logs_its_pictures_and_the_filters_at_each_step(tmp_path, compose,
     assert {a.path for a in client.list_artifacts(run.info.run_id, FILTERS)} == {
         f"{FILTERS}/conv1.png", f"{FILTERS}/conv2.png"}
     assert {MISCLASSIFIED, SALIENCY} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert FEATURE_MAP_ARRAYS in logged  # what a sweep's parent puts side by side
     # mlflow.log_image(key=..., step=...) files: images/<key, / as ~>+step+<step>+...
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     steps = {(p.split("/")[1].split("+")[0], int(p.split("+")[2])) for p in images
