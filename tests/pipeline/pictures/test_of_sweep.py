@@ -18,6 +18,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 OBJECTIVE = "best_val_accuracy"
 
 
+def _experiment(client: MlflowClient, tmp_path) -> str:
+    """An experiment whose artifacts stay in the test's directory."""
+    return client.create_experiment("sweep", artifact_location=(tmp_path / "art").as_uri())
+
+
 def _child(client: MlflowClient, experiment_id: str, tmp_path, name: str, pictures: bool,
            channels: int = 8) -> str:
     """A finished run that logged its first image's maps (when ``pictures``)."""
@@ -40,7 +45,7 @@ def _child(client: MlflowClient, experiment_id: str, tmp_path, name: str, pictur
 
 def test_the_parent_figure_has_a_row_per_finished_child_with_pictures(tmp_path, mlflow_store):
     client = MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("sweep")
+    experiment_id = _experiment(client, tmp_path)
     ids = {name: _child(client, experiment_id, tmp_path, name, pictures=name != "off")
            for name in ("max", "average", "off")}
     assert client.list_artifacts(ids["max"], "feature_maps")[0].path == FEATURE_MAP_ARRAYS
@@ -60,7 +65,7 @@ def test_the_parent_figure_has_a_row_per_finished_child_with_pictures(tmp_path, 
 
 def test_no_child_with_pictures_means_no_figure(tmp_path, mlflow_store):
     client = MlflowClient(mlflow_store)
-    run_id = _child(client, client.create_experiment("sweep"), tmp_path, "off", pictures=False)
+    run_id = _child(client, _experiment(client, tmp_path), tmp_path, "off", pictures=False)
     table = pd.DataFrame({"status": ["FINISHED"], "seed": [1], OBJECTIVE: [0.5],
                           "run_id": [run_id]})
     assert of_sweep.sweep_feature_maps(client, table, ["seed"], OBJECTIVE,
