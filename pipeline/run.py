@@ -101,14 +101,14 @@ def stages(plan: Plan, out_dir: Path, tracker: Tracker, record: dict[str, Any]) 
                         seed=config.seed, dtype=np.dtype(config.dtype))
     log.info("model %s\n%s", config.model.name, net.summary())
     history = train_stage(plan, net, data, out_dir, tracker, record)
+    pictures = pictures_stage(config, net, raw, data, out_dir)  # drawn while the run goes on
     card = save_model_card(out_dir, config.model.as_config(), config.data.input_shape,
                            config.dtype, data.classes, data.class_names)
     loss_fn = SoftmaxCrossEntropy()
     metrics = evaluate.evaluate(net, loss_fn, data.test, data.class_names, history, out_dir)
-    pictures = pictures_stage(config, net, raw, data, out_dir)
     tracker.log_model(Predictor(net, normalizer, card), out_dir, config.model.name,
                       net.summary())
-    pictures()  # drawn while the model was logged
+    pictures()  # drawn while the run was evaluated and its model logged
     best = history.best_val_accuracy
     tracker.log_results(metrics, best, history.best_epoch)
     tracker.log_artifacts()
@@ -193,8 +193,8 @@ def pictures_stage(config: Config, net: Network, raw: Dataset, data: Dataset,
     drawing = of_run.draw_run(net, raw, data, out_dir, config.pictures)
 
     def done() -> None:
-        paths = drawing.result()
+        paths = drawing()
         say(f"[pictures] {len(paths)} PNGs: feature_maps/, filters/, misclassified, saliency "
-            f"({time.perf_counter() - t0:.1f}s, beside the model's logging)")
+            f"({time.perf_counter() - t0:.1f}s, beside the evaluation and the model's logging)")
 
     return done

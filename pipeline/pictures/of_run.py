@@ -20,7 +20,7 @@ import multiprocessing
 import re
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +81,12 @@ def filters_during_training(net: Network, epochs: int, count: int,
 
 
 def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
-             settings: PicturesConfig) -> Future[list[Path]]:
+             settings: PicturesConfig) -> Callable[[], list[Path]]:
     """Every picture of a finished run: ``raw`` is the data set as loaded (uint8, to show),
     ``data`` the same normalized (what the network takes). The arrays are computed here;
-    the drawing (most of the time) runs in a forked process, so it overlaps with what the
-    run does next (logging the model): the returned future gives the PNGs written, or
-    raises the drawing's error."""
+    the drawing (most of the time) runs in a forked process, on the core the rest of the
+    run leaves free (evaluating, logging the model): the returned function waits for it
+    and gives the PNGs written, or raises the drawing's error."""
     chosen = inside.fixed_images(data.test.y, data.num_classes)  # (<= K,)
     journeys = [(raw.test.x[i], raw.class_names[int(data.test.y[i])], maps)
                 for i, maps in zip(chosen, inside.feature_maps(net, data.test.x[chosen]),
@@ -99,13 +99,28 @@ def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
     names = raw.class_names
     salient = (raw.test.x[chosen], inside.saliency(gradient),
                [names[int(k)] for k in data.test.y[chosen]], [names[int(k)] for k in predicted])
+    import matplotlib.figure  # noqa: F401  (here, once: the forked drawer inherits it)
+
     drawer = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
     with warnings.catch_warnings():  # Python 3.12 warns of fork with threads running: the
         warnings.simplefilter("ignore", DeprecationWarning)  # child only draws and exits
-        future = drawer.submit(_draw, inside.conv_filters(net), journeys, mistakes, salient,
-                               out_dir)
+        drawing = drawer.submit(_draw, inside.conv_filters(net), journeys, mistakes, salient,
+                                out_dir)
     drawer.shutdown(wait=False)
-    return future
+    if journeys:
+        (out_dir / FEATURE_MAPS).mkdir(parents=True, exist_ok=True)
+        inside.save_maps(out_dir / FEATURE_MAP_ARRAYS, *journeys[0], draw.MAX_CHANNELS)
+    return drawing.result
+
+
+def draw_feature_maps(journeys: list[tuple[np.ndarray, str, list[inside.FeatureMap]]],
+                      out_dir: Path) -> list[Path]:
+    """``feature_maps/<label>.png`` of each ``(image, label, maps)``; returns the PNGs."""
+    folder = out_dir / FEATURE_MAPS
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{_file_name(label)}.png" for _, label, _ in journeys]
+    draw.feature_map_figures(journeys, paths)
+    return paths
 
 
 def _draw(filters: list[tuple[str, str, np.ndarray]],
@@ -113,15 +128,7 @@ def _draw(filters: list[tuple[str, str, np.ndarray]],
           mistakes: tuple, salient: tuple, out_dir: Path) -> list[Path]:
     """Draw the filters, the feature maps of each ``(image, label, maps)``, the
     misclassified images and the saliency maps; return the PNGs written."""
-    paths = draw_filters(filters, out_dir)
-    folder = out_dir / FEATURE_MAPS
-    folder.mkdir(parents=True, exist_ok=True)
-    if journeys:
-        inside.save_maps(out_dir / FEATURE_MAP_ARRAYS, *journeys[0], draw.MAX_CHANNELS)
-    for image, label, maps in journeys:
-        path = folder / f"{_file_name(label)}.png"
-        draw.feature_map_figure(image, label, maps, path)
-        paths.append(path)
+    paths = [*draw_filters(filters, out_dir), *draw_feature_maps(journeys, out_dir)]
     draw.misclassified_figure(*mistakes, out_dir / MISCLASSIFIED)
     draw.saliency_figure(*salient, out_dir / SALIENCY)
-    return [*paths, out_dir / MISCLASSIFIED, out_dir / SALIENCY]  # (the PNGs: not the .npz)
+    return [*paths, out_dir / MISCLASSIFIED, out_dir / SALIENCY]

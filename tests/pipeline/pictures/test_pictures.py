@@ -147,7 +147,7 @@ def test_every_picture_is_written(tmp_path, net):
     split = Split(raw_x, y)
     raw = Dataset("t", split, split, split, np.arange(3), ["a", "b", "c"])
     data = raw.mapped(lambda x: x / 255.0)
-    paths = of_run.draw_run(net, raw, data, tmp_path, PicturesConfig(misclassified=5)).result()
+    paths = of_run.draw_run(net, raw, data, tmp_path, PicturesConfig(misclassified=5))()
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
     assert names == {f"{FEATURE_MAPS}/a.png", f"{FEATURE_MAPS}/b.png", f"{FEATURE_MAPS}/c.png",
                      f"{FILTERS}/conv1.png", f"{FILTERS}/conv2.png", MISCLASSIFIED, SALIENCY}
