@@ -33,7 +33,7 @@ def main() -> None:
     if unknown or args.repeats < 1:
         parser.error(f"unknown commands {unknown}" if unknown else "--repeats must be >= 1")
     print(f"machine: {machine()}")
-    print(f"{'command':<40}{'with':>8}{'without':>9}{'cost':>8}{'share':>7}   each run (s): "
+    print(f"{'command':<50}{'with':>8}{'without':>9}{'cost':>8}{'share':>7}   each run (s): "
           "with | without")
     with tempfile.TemporaryDirectory() as tmp:
         launch = Path(tmp)
@@ -49,7 +49,7 @@ def main() -> None:
             shown = f"python -m pipeline {' '.join(overrides)}".strip()
             each = " ".join(f"{w:.1f}" for w in with_) + " | " + \
                 " ".join(f"{w:.1f}" for w in without)
-            print(f"{shown:<40}{on:>7.1f}s{off:>8.1f}s{on - off:>7.2f}s{(on - off) / off:>7.1%}"
+            print(f"{shown:<50}{on:>7.1f}s{off:>8.1f}s{on - off:>7.2f}s{(on - off) / off:>7.1%}"
                   f"   {each}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 

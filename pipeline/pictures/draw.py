@@ -131,11 +131,11 @@ def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[
     height = 0.8 + len(runs) * (cell + 0.6)
     fig = Figure(figsize=(cols * cell + 1.9, height), layout="constrained")  # (wrapped
     axes = fig.subplots(len(runs), cols, squeeze=False)  # titles of 1 to 3 lines: laid out)
-    wrap = max(14, int(cell * 15))  # characters per title line at 7 points
+    wrap = max(14, int(cell * 13))  # characters per title line at 8 points
     for row, (label, image, maps, shapes) in zip(axes, runs, strict=True):
         _show_input(row[0], image)
-        row[0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-        row[0].set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=7)
+        row[0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+        row[0].set_title(f"input {'x'.join(map(str, image.shape))}", fontsize=8)
         for ax in row[1 + len(maps):]:
             ax.set_visible(False)
         for ax, fmap, shape in zip(row[1:], maps, shapes, strict=False):
@@ -147,7 +147,7 @@ def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[
             kept = f", channels 0-{shown - 1}" if shown < shape[-1] else ""
             text = f"{fmap.describe} -> {'x'.join(map(str, shape))}{kept}; " \
                    f"{low:.3g} to {high:.3g}"
-            ax.set_title(textwrap.fill(text, wrap), fontsize=7)
+            ax.set_title(textwrap.fill(text, wrap), fontsize=8)
     fig.suptitle(f"{title}: the same test image (class {image_label}) through each run's "
                  "layers,\neach cell on its own colour scale (dark low, yellow high)",
                  fontsize=10, x=0.01, ha="left")
@@ -164,9 +164,14 @@ def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None =
     cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)
     kernels = np.moveaxis(W[:, :, :rows, :cols], (2, 3), (0, 1)).reshape(rows * cols, f, f)
     limit = float(np.abs(W).max()) or 1.0
-    fig = Figure(figsize=(WIDTH, 1.6 + 0.4 * rows))
+    cell = min(0.7, 3.2 / rows)  # inches per filter: the grid at most 3.2 high
+    height = 1.1 + cell * rows  # and the labels
+    width = min(WIDTH, max(6.0, cell * cols + 2.0))  # and the colour bar
+    fig = Figure(figsize=(width, height))
     ax = fig.subplots()
-    fig.subplots_adjust(left=0.05, right=0.95, top=0.85, bottom=0.2)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 1.1 / width, top=1 - 0.45 / height,
+                        bottom=0.6 / height)
+    ax.set_anchor("W")
     im = ax.imshow(tile(kernels, cols), cmap="RdBu_r", vmin=-limit, vmax=limit,
                    interpolation="nearest")
     step = f + GAP
