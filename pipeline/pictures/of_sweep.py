@@ -3,8 +3,8 @@ maps from each finished child run, a row per child labelled with its swept value
 
 Each run saves its first fixed image's feature maps as arrays
 (``run_files.FEATURE_MAP_ARRAYS``, written by ``pictures.of_run``); the parent reads them
-back from the children's MLflow artifacts, so it works whichever launcher ran the jobs
-and wherever their directories are.
+from the children's job directories, or from their MLflow artifacts where it cannot see
+those directories, so it works whichever launcher ran the jobs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ def chosen_runs(table: pd.DataFrame, keys: list[str], objective: str) -> pd.Data
     return done.sort_values(keys, kind="stable") if keys else done
 
 
+def _child_maps(client: MlflowClient, run_id: str, tmp: Path) -> Path:
+    """A child run's ``FEATURE_MAP_ARRAYS``: in its job's directory when this machine sees
+    it, else downloaded from its artifacts. (The directory first: a sweep that failed or was
+    stopped ends from an ``atexit`` hook, where MLflow's download threads cannot start.)"""
+    tags = client.get_run(run_id).data.tags
+    local = Path(tags.get("output_dir", ""), FEATURE_MAP_ARRAYS)
+    if "output_dir" in tags and local.is_file():
+        return local
+    return Path(client.download_artifacts(run_id, FEATURE_MAP_ARRAYS, str(tmp)))
+
+
 def sweep_feature_maps(client: MlflowClient, table: pd.DataFrame, keys: list[str],
                        objective: str, path: Path) -> Path | None:
     """Draw the sweep's figure (``draw.sweep_figure``) from the ``table`` of
@@ -51,11 +62,10 @@ def sweep_feature_maps(client: MlflowClient, table: pd.DataFrame, keys: list[str
     with tempfile.TemporaryDirectory() as tmp:
         for k, (_, row) in enumerate(chosen.iterrows()):
             try:
-                local = client.download_artifacts(row["run_id"], FEATURE_MAP_ARRAYS,
-                                                  f"{tmp}/{k}")
+                local = _child_maps(client, row["run_id"], Path(tmp, str(k)))
             except (MlflowException, OSError):  # that run drew no pictures
                 continue
-            image, label, maps, shapes = inside.load_maps(Path(local))
+            image, label, maps, shapes = inside.load_maps(local)
             runs.append((run_label(row, keys, objective), image, maps, shapes))
             labels.add(label)
     if not runs:

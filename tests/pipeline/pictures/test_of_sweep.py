@@ -3,6 +3,8 @@ from each finished child, read back from the children's artifacts in a real MLfl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,3 +86,21 @@ def test_the_best_runs_are_shown_in_the_order_of_their_swept_values():
     assert list(chosen["model.conv1.f"]) == [3, 4, 5, 6, 7, 8, 9, 10]  # the 8 best, sorted
     assert of_sweep.run_label(chosen.iloc[0], ["model.conv1.f"], OBJECTIVE) == \
         f"conv1.f=3\n{OBJECTIVE}\n0.93"
+
+
+def test_a_childs_maps_are_read_from_its_job_directory_when_this_machine_sees_it(
+        tmp_path, mlflow_store):
+    """As at the end of a failed sweep (an atexit hook), where MLflow cannot download."""
+    client = MlflowClient(mlflow_store)
+    experiment_id = _experiment(client, tmp_path)
+    source = _child(client, experiment_id, tmp_path, "max", pictures=True)
+    job_dir = tmp_path / "job"
+    (job_dir / "feature_maps").mkdir(parents=True)
+    local = client.download_artifacts(source, FEATURE_MAP_ARRAYS, str(tmp_path / "dl"))
+    Path(local).rename(job_dir / FEATURE_MAP_ARRAYS)
+    run_id = _child(client, experiment_id, tmp_path, "no-artifacts", pictures=False)
+    client.set_tag(run_id, "output_dir", str(job_dir))
+    table = pd.DataFrame({"status": ["FINISHED"], "seed": [1], OBJECTIVE: [0.5],
+                          "run_id": [run_id]})
+    assert of_sweep.sweep_feature_maps(client, table, ["seed"], OBJECTIVE,
+                                       tmp_path / "f.png") == tmp_path / "f.png"
