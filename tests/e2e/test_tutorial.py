@@ -62,8 +62,12 @@ def test_the_notebook_runs_and_writes_nothing_into_the_repository(data, tmp_path
     # No kernel folders: only ipykernel's own spec, which starts this interpreter
     kernels = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=kernels)
-    NotebookClient(nb, km=km, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(DOCS)}}).execute()
+    try:
+        NotebookClient(nb, km=km, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(DOCS)}}).execute()
+    finally:  # nbclient shuts down only the kernels of managers it made itself
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
