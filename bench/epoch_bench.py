@@ -1,241 +1,160 @@
-"""Wall time of one training epoch on the real photographs: our NumPy network against PyTorch.
+"""One training epoch on the photographs: our NumPy network against PyTorch, each framework
+in its own process, alternating; where our epoch's time goes, layer by layer; and how close
+each layer kind comes to the machine's float32 matrix-product peak, measured in the same run.
 
-Run from the project root::
+    python -m bench.epoch_bench [--models signs_cnn,deep_cnn] [--rounds 3] [--epochs 2]
+                                [--batch-size 64] [--threads 2] [--layouts channels_last,nchw]
 
-    python -m bench.epoch_bench [--model signs_cnn] [--epochs 3] [--batch-size 64]
-                                [--data ../shared/data/sign-language-digits] [--threads N]
+Each round runs, one after the other, a fresh ``python -m bench.epoch_worker`` process for
+ours and for PyTorch in each ``--layouts`` (``channels_last``: NHWC in memory, PyTorch's
+faster CPU layout for convolutions; ``nchw``: its default). A process is one framework
+alone: importing PyTorch changes how NumPy's BLAS behaves, so they never share one. Each
+worker times ``--epochs`` epochs after a warm-up; the medians over all rounds are compared
+(a change in the machine's load hits every framework of a round). Absolute times hold for
+this machine only; read the ratios.
 
-Data: ALL the sign-language-digits photographs (1,752 images, 10 classes), converted by
-``image_folder_to_h5`` (64x64 RGB, LANCZOS) into ``--cache-dir`` (``data/`` like the pipeline,
-reused while unchanged), the train and test files read with ``load_dataset`` and joined again,
-then normalized as ``data.normalize`` says (float32). Paths are relative to the project root.
-
-Model: ``conf/model/<name>.yaml`` composed with Hydra's compose API (``data=image_folder``),
-validated and built with ``build_network(spec, (64, 64, 3), 10, seed=0)``. Augmentation is
-OFF in both (``model.augment_shift=0``): RandomShift has no PyTorch layer to compare with.
-
-One epoch = one pass over the 1,752 images in a fresh shuffled order, in mini-batches of
-``--batch-size`` (the last one smaller), each: forward (training mode, dropout on), softmax
-cross-entropy, backward, Adam step (lr 1e-3), the loss read back as a float and the correct
-predictions counted. Validation is not part of it.
-
-* ours: ``pipeline.training.train.train_epoch``, the loop that ``python -m pipeline`` runs.
-* torch: the same layer stack translated layer by layer into ``nn.Sequential`` on NCHW
-  tensors (Conv2D -> ZeroPad2d with our (top, bottom, left, right) padding + Conv2d, MaxPool2D /
-  AvgPool2D -> MaxPool2d/AvgPool2d, ReLU, Dropout, Flatten, Dense -> Linear), torch's default init,
-  ``torch.optim.Adam(lr=1e-3)``, ``F.cross_entropy``; as many threads as NumPy's BLAS.
-
-After one warm-up epoch of each, ``--epochs`` timed epochs are run, ours and torch
-alternating (so a change in machine load hits both), and the medians are compared. The
-training loss and accuracy of the last epoch are printed to show that both really learn.
-On a shared machine a busy core slows multi-threaded code: compare with ``--threads 1``.
+Efficiency: the matrix-product peak is the best float32 ``A @ B`` GFLOP/s of square sizes
+512-2048 in this process with the same threads; a conv or dense layer's GFLOP/s is its
+epoch's multiply-adds (x2; backward: the weights' and the input's gradients) over the time
+its passes took in ours' extra, timed epoch (``epoch_worker.layer_times``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_module
 
-from bench.layers_bench import blas_threads, fmt_r, limit_threads, print_threads
-from layers.losses import SoftmaxCrossEntropy
-from layers.optim import Adam
-from layers.pool import Pool2D
-from pipeline.config.checks import validate
-from pipeline.config.schema import register_configs
-from pipeline.data.dataset import Split
-from pipeline.data.imagefolder import image_folder_to_h5
-from pipeline.data.load import load_dataset
-from pipeline.data.normalize import Normalizer
-from pipeline.training.model import build_network
-from pipeline.training.train import train_epoch
+from bench.layers_bench import blas_threads, limit_threads
+from bench.readme_bench import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"signs_cnn": 1.5}  # model: ours/torch epoch time to stay within
-clock = time.perf_counter
+TARGET = 1.0  # ours/PyTorch (channels_last) epoch time to stay within (issue 14)
 
 
-def compose_model(name: str, data_root: Path, cache_dir: Path):
-    """The composed config and validated model spec for ``model=name`` on an image folder."""
-    register_configs()
-    overrides = [
-        f"model={name}",
-        "data=image_folder",
-        f"data.root={data_root}",
-        f"data.cache_dir={cache_dir}",
-        "model.augment_shift=0",
-    ]
-    with initialize_config_module(version_base="1.3", config_module="conf"):
-        cfg = compose("config", overrides=overrides)
-    return cfg, validate(cfg).model
+def matmul_peak(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 5) -> float:
+    """The best float32 matrix-product rate of square ``sizes`` here, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for n in sizes:
+        a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
-def load_all(cfg) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every image of the folder (train + val + test), normalized; labels; class count."""
-    d = cfg.data
-    train_path, test_path = image_folder_to_h5(
-        Path(d.root), Path(d.cache_dir), d.image_size, d.test_fraction, cfg.seed
-    )
-    ds = load_dataset(
-        name=d.name,
-        train_path=train_path,
-        test_path=test_path,
-        val_fraction=d.val_fraction,
-        seed=cfg.seed,
-    )
-    x = np.concatenate([ds.train.x, ds.val.x, ds.test.x])
-    y = np.concatenate([ds.train.y, ds.val.y, ds.test.y])
-    x = Normalizer.fit(d.normalize, x).transform(x, np.dtype(cfg.dtype))
-    return x, y, ds.num_classes
+def run_worker(framework: str, model: str, args: argparse.Namespace,
+               layout: str | None = None) -> dict:
+    """One ``bench.epoch_worker`` process; its JSON result."""
+    cmd = [sys.executable, "-m", "bench.epoch_worker", framework, "--model", model,
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--threads", str(args.threads), "--data", args.data, "--cache-dir", args.cache_dir]
+    if layout:
+        cmd += ["--layout", layout]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def torch_model(torch, net):
-    """``net``'s layers as an ``nn.Sequential`` for NCHW inputs."""
-    nn = torch.nn
-    mods = []
-    for layer, shape in zip(net.layers, [net.input_shape, *net.shapes[:-1]], strict=True):
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            top, bottom, left, right = layer.padding(shape[0], shape[1])
-            mods.append(nn.ZeroPad2d((left, right, top, bottom)))
-            mods.append(nn.Conv2d(shape[2], layer.filters, layer.f, stride=layer.stride))
-        elif isinstance(layer, Pool2D):  # MaxPool2D or AvgPool2D
-            pool = nn.MaxPool2d if layer.mode == "max" else nn.AvgPool2d
-            mods.append(pool(layer.f, layer.stride))
-        elif kind == "ReLU":
-            mods.append(nn.ReLU())
-        elif kind == "Dropout":
-            mods.append(nn.Dropout(layer.rate))
-        elif kind == "Flatten":
-            mods.append(nn.Flatten())
-        elif kind == "Dense":
-            mods.append(nn.Linear(shape[0], layer.units))
-        else:
-            raise TypeError(f"no PyTorch translation for layer {layer.name!r} ({kind})")
-    return nn.Sequential(*mods)
+def print_epochs(results: dict[str, list[dict]], images: int) -> dict[str, float]:
+    """The median epoch of each variant, its runs and last loss/accuracy; returns the
+    medians."""
+    medians = {}
+    print(f"{'':<22}{'median epoch':>13}{'per image':>11}{'last loss':>11}{'last acc':>10}"
+          "   epochs (s), round by round")
+    for name, runs in results.items():
+        epochs = [t for run in runs for t in run["epochs"]]
+        medians[name] = statistics.median(epochs)
+        each = " | ".join(" ".join(f"{t:.3f}" for t in run["epochs"]) for run in runs)
+        print(f"{name:<22}{medians[name]:>11.3f} s{medians[name] / images * 1e3:>8.3f} ms"
+              f"{runs[-1]['loss']:>11.4f}{runs[-1]['accuracy']:>10.3f}   {each}")
+    return medians
 
 
-def torch_epoch(torch, model, opt, x, y, perm, batch_size: int) -> tuple[float, int]:
-    """One epoch of mini-batch training in the order perm; (summed loss, correct)."""
-    F = torch.nn.functional
-    model.train()
-    loss_sum, correct = 0.0, 0
-    for b in range(0, len(perm), batch_size):
-        idx = perm[b : b + batch_size]
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.item() * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
-    return loss_sum, correct
+def print_layers(run: dict, peak: float) -> None:
+    """Where ours' timed epoch went, layer by layer, and each layer kind's GFLOP/s."""
+    layers, flops, kinds = run["layers"], run["flops"], run["kinds"]
+    total = sum(v["forward"] + v["backward"] for v in layers.values())
+    print(f"{'layer':<14}{'kind':<11}{'forward':>10}{'backward':>10}{'share':>7}"
+          f"{'GFLOP/s fwd':>13}{'bwd':>7}")
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # seconds, flop
+    for name, spent in layers.items():
+        f, b = spent["forward"], spent["backward"]
+        kind = kinds.get(name, "")
+        rates = ""
+        if name in flops:
+            fw, bw = flops[name]["forward"] / f / 1e9, flops[name]["backward"] / b / 1e9
+            rates = f"{fw:>13.1f}{bw:>7.1f}"
+            by_kind[kind][1] += flops[name]["forward"] + flops[name]["backward"]
+        by_kind[kind or name][0] += f + b
+        print(f"{name:<14}{kind:<11}{f * 1e3:>8.1f}ms{b * 1e3:>8.1f}ms{(f + b) / total:>7.1%}"
+              f"{rates}")
+    print(f"{'total':<25}{total:>19.3f} s (this timed epoch)")
+    print(f"\nby kind (matrix-product peak {peak:.1f} GFLOP/s):")
+    for kind, (seconds, flop) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        rate = f", {flop / seconds / 1e9:.1f} GFLOP/s = {flop / seconds / 1e9 / peak:.0%} of " \
+               "peak" if flop else ""
+        print(f"  {kind:<12}{seconds:>7.3f} s{seconds / total:>7.1%}{rate}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="signs_cnn", help="a conf/model/<name>.yaml")
-    ap.add_argument("--epochs", type=int, default=3, help="timed epochs (after 1 warm-up)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="signs_cnn,deep_cnn", help="conf/model/<name>s")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per framework")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per process")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="threads for every framework "
+                                                            "(0: the CPUs this process may use)")
+    ap.add_argument("--layouts", default="channels_last,nchw", help="PyTorch's layouts")
     ap.add_argument("--data", default="../shared/data/sign-language-digits")
     ap.add_argument("--cache-dir", default="data", help="where the HDF5 files are written")
-    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    ap.add_argument("--threads", type=int, default=0, help="limit BLAS (and torch) threads")
     args = ap.parse_args()
-    if args.epochs < 1 or args.batch_size < 1 or args.threads < 0:
-        ap.error("need --epochs >= 1, --batch-size >= 1 and --threads >= 0 (0: leave as is)")
-    data_root, cache_dir = ROOT / args.data, ROOT / args.cache_dir
-    if not data_root.is_dir():
-        print(f"data folder not found: {data_root.resolve()}; nothing measured (pass --data DIR)")
+    layouts = [s for s in args.layouts.split(",") if s]
+    if args.rounds < 1 or args.epochs < 1 or args.batch_size < 1 or args.threads < 0 or \
+            not set(layouts) <= {"channels_last", "nchw"}:
+        ap.error("need --rounds, --epochs, --batch-size >= 1, --threads >= 0 and --layouts "
+                 "of channels_last, nchw")
+    if not (ROOT / args.data).is_dir():
+        print(f"data folder not found: {(ROOT / args.data).resolve()}; nothing measured "
+              "(pass --data DIR)")
         sys.exit(0)
-
+    args.threads = args.threads or len(os.sched_getaffinity(0))
     _limiter = limit_threads(args.threads)  # noqa: F841 (lives until exit)
-    n_blas, blas_desc = blas_threads()
-    torch = None
-    torch_msg = "skipped (--no-torch)"
-    if not args.no_torch:
-        try:
-            import torch
-        except ImportError:
-            torch_msg = "not installed: torch column skipped"
-        else:
-            torch.set_num_threads(n_blas or 1)
-            torch_msg = f"{torch.__version__}, {torch.get_num_threads()} threads"
-
-    cfg, spec = compose_model(args.model, data_root.resolve(), cache_dir.resolve())
-    x, y, k = load_all(cfg)
-    net = build_network(spec, x.shape[1:], k, seed=0, dtype=x.dtype)
-    opt, loss_fn, data = Adam(lr=1e-3), SoftmaxCrossEntropy(), Split(x, y)
-
-    print("== machine ==")
-    print_threads(n_blas, blas_desc, torch_msg)
-    load = os.getloadavg()[0]
-    print(f"load average (1 min) before the run: {load:.2f}")
-    if load >= 0.5:
-        print(
-            "WARNING: other processes are using the CPUs; multi-threaded timings (NumPy BLAS"
-            " and torch) can be inflated by waiting for a busy core: compare with --threads 1"
-        )
-    print(f"\n== {spec.name}: {net.num_params():,} params, augmentation off ==")
-    print(" -> ".join(layer.name for layer in net.layers))
-    print(
-        f"images {len(x):,} ({'x'.join(map(str, x.shape[1:]))} {x.dtype}, {k} classes), "
-        f"batch size {args.batch_size}, Adam lr 1e-3\nmedian of {args.epochs} epoch(s) "
-        "after 1 warm-up, ours and torch alternating"
-    )
-
-    if torch is not None:
-        torch.manual_seed(0)
-        model = torch_model(torch, net)
-        t_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        xt = torch.from_numpy(np.moveaxis(x, -1, 1)).contiguous()
-        yt = torch.from_numpy(y)
-    rng = np.random.default_rng(0)
-    ours, theirs, last = [], [], {}
-    for epoch in range(args.epochs + 1):  # epoch 0: warm-up, not timed
-        perm = rng.permutation(len(x))
-        t0 = clock()
-        loss, correct = train_epoch(
-            net, opt, loss_fn, data, perm, args.batch_size, (epoch, args.epochs), progress=False
-        )
-        ours.append(clock() - t0)
-        last["ours"] = (loss / len(x), correct / len(x))
-        if torch is not None:
-            t0 = clock()
-            loss, correct = torch_epoch(
-                torch, model, t_opt, xt, yt, torch.from_numpy(perm), args.batch_size
-            )
-            theirs.append(clock() - t0)
-            last["torch"] = (loss / len(x), correct / len(x))
-
-    med = statistics.median(ours[1:])
-    t_med = statistics.median(theirs[1:]) if theirs else None
-    r = None if t_med is None else med / t_med
-    print(f"\n{'':<8}{'median epoch':>14}{'per image':>12}{'last loss':>11}{'last acc':>10}")
-    for label, m in (("ours", med), ("torch", t_med)):
-        if m is None:
-            print(f"{label:<8}{'-':>14}")
-            continue
-        loss, acc = last[label]
-        print(f"{label:<8}{m:>12.3f} s{m / len(x) * 1e3:>9.3f} ms{loss:>11.4f}{acc:>10.3f}")
-    print(f"epochs (s), warm-up first: ours {' '.join(f'{t:.3f}' for t in ours)}", end="")
-    print(f"; torch {' '.join(f'{t:.3f}' for t in theirs)}" if theirs else "")
-    print(f"ours/torch: {fmt_r(r)}")
-    print("\n== targets (report only) ==")
-    goal = TARGETS.get(spec.name)
-    if goal is None:
-        print(f"{spec.name} epoch ours/torch {fmt_r(r)} (no target for this model)")
-    else:
-        verdict = "n/a (torch not measured)" if r is None else ("MET" if r <= goal else "NOT MET")
-        print(f"{spec.name} epoch within {goal:g}x of PyTorch: {verdict} ({fmt_r(r)})")
-    print(f"load average (1 min) after the run: {os.getloadavg()[0]:.2f}")
+    print(f"machine: {machine()}; {args.threads} threads for each framework "
+          f"(BLAS: {blas_threads()[1]})")
+    peak = matmul_peak()
+    print(f"float32 matrix-product peak: {peak:.1f} GFLOP/s\n")
+    for model in args.models.split(","):
+        results: dict[str, list[dict]] = defaultdict(list)
+        for _ in range(args.rounds):  # alternating: ours, then torch in each layout
+            results["ours"].append(run_worker("ours", model, args))
+            for layout in layouts:
+                results[f"torch {layout}"].append(run_worker("torch", model, args, layout))
+        print(f"== {model}: {results['ours'][0]['images']:,} images a epoch, batch "
+              f"{args.batch_size}, Adam, augmentation off; {args.rounds} processes x "
+              f"{args.epochs} epochs each ==")
+        medians = print_epochs(results, results["ours"][0]["images"])
+        for layout in layouts:
+            ratio = medians["ours"] / medians[f"torch {layout}"]
+            verdict = f"  target <= {TARGET:g}: {'MET' if ratio <= TARGET else 'NOT MET'}" \
+                if layout == "channels_last" else ""
+            print(f"ours/torch {layout}: {ratio:.2f}x{verdict}")
+        print()
+        print_layers(results["ours"][-1], peak)
+        print()
+    print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
