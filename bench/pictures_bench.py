@@ -11,27 +11,18 @@ percent).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
-from bench.readme_bench import COMMANDS, machine, timed_run
+from bench.readme_bench import COMMANDS, machine, parse_commands, timed_run
 
 CHOICES = ("default", "sign_digits_small")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each variant")
-    parser.add_argument("--only", default="default",
-                        help=f"comma-separated commands of {list(CHOICES)} (default: default)")
-    args = parser.parse_args()
-    chosen = args.only.split(",")
-    unknown = sorted(set(chosen) - set(CHOICES))
-    if unknown or args.repeats < 1:
-        parser.error(f"unknown commands {unknown}" if unknown else "--repeats must be >= 1")
+    args, chosen = parse_commands(__doc__, 5, list(CHOICES), ["default"])
     print(f"machine: {machine()}")
     print(f"{'command':<50}{'with':>8}{'without':>9}{'cost':>8}{'share':>7}   each run (s): "
           "with | without")

@@ -61,16 +61,24 @@ def timed_run(tmp: Path, overrides: list[str]) -> tuple[float, float]:
     return seconds, json.loads((run_dir / run_files.METRICS).read_text())["test_accuracy"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each command")
-    parser.add_argument("--only", default=",".join(COMMANDS),
-                        help=f"comma-separated commands (default: all of {list(COMMANDS)})")
+def parse_commands(doc: str, repeats: int, choices: list[str],
+                   default: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``--repeats N --only a,b`` of a benchmark over some of README's commands: the
+    arguments and the commands chosen (a one-line error for others, or N < 1)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help="runs of each")
+    parser.add_argument("--only", default=",".join(default),
+                        help=f"comma-separated commands of {choices} (default: {default})")
     args = parser.parse_args()
     chosen = args.only.split(",")
-    unknown = sorted(set(chosen) - set(COMMANDS))
+    unknown = sorted(set(chosen) - set(choices))
     if unknown or args.repeats < 1:
         parser.error(f"unknown commands {unknown}" if unknown else "--repeats must be >= 1")
+    return args, chosen
+
+
+def main() -> None:
+    args, chosen = parse_commands(__doc__, 1, list(COMMANDS), list(COMMANDS))
     print(f"machine: {machine()}")
     print(f"{'command':<48}{'median wall':>12}  each run: wall (s), test accuracy")
     with tempfile.TemporaryDirectory() as tmp:
