@@ -39,7 +39,6 @@ from pipeline.serving.inference import Predictor
 URI_FORMS = ("runs:/<run id>/<name>, models:/<name>/<version>, models:/<name>@<alias> or "
              "models:/<model id>")
 MLMODEL = "MLmodel"  # the file that makes a folder an MLflow model
-NO_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's, read as it downloads
 
 
 class PredictError(Exception):
@@ -160,9 +159,9 @@ def _from_pyfunc(uri: str, where: str) -> Predictor:
     """The Predictor of the pyfunc model at ``uri`` (``where``: the store it is read from,
     for the error line), or PredictError saying why it cannot be loaded."""
     from pipeline.serving.mlflow_model import load_predictor
-    from pipeline.tracking.store import quiet_mlflow
+    from pipeline.tracking.store import no_progress_bars, quiet_mlflow
 
-    os.environ.setdefault(NO_PROGRESS_BAR, "false")  # its bars would fill stderr
+    no_progress_bars()
     try:
         with quiet_mlflow():
             return load_predictor(uri)

@@ -58,13 +58,18 @@ def _show_input(ax: object, image: np.ndarray) -> None:
     _off(ax)
 
 
+def _value_range(values: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest value, as titles print them (+ 0.0: no "-0")."""
+    return float(values.min()) + 0.0, float(values.max()) + 0.0
+
+
 def _row(fmap: FeatureMap) -> tuple[np.ndarray, float, float, str]:
     """One feature-map row: its first ``MAX_CHANNELS`` channels as a mosaic, their value
     range and the row's title (the layer's settings, output shape and range)."""
     values = fmap.values  # (n_H, n_W, n_C)
     shown = min(MAX_CHANNELS, values.shape[-1])
     channels = np.moveaxis(values[..., :shown], -1, 0)  # (shown, n_H, n_W)
-    low, high = float(values.min()) + 0.0, float(values.max()) + 0.0  # (+ 0.0: no "-0")
+    low, high = _value_range(values)
     of = f" of {values.shape[-1]}" if shown < values.shape[-1] else ""
     title = (f"{fmap.describe} -> {'x'.join(map(str, values.shape))}: channels "
              f"0-{shown - 1}{of}, values {low:.3g} to {high:.3g}")
@@ -139,7 +144,7 @@ def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[
         for ax in row[1 + len(maps):]:
             ax.set_visible(False)
         for ax, fmap, shape in zip(row[1:], maps, shapes, strict=False):
-            low, high = float(fmap.values.min()) + 0.0, float(fmap.values.max()) + 0.0
+            low, high = _value_range(fmap.values)
             ax.imshow(_channel_grid(fmap.values), cmap="viridis", interpolation="nearest",
                       vmin=low, vmax=high)
             _off(ax)

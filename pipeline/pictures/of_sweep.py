@@ -9,7 +9,6 @@ those directories, so it works whichever launcher ran the jobs.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from pipeline.pictures import draw, inside
 from pipeline.run_files import FEATURE_MAP_ARRAYS
 from pipeline.tracking import names
+from pipeline.tracking.store import no_progress_bars
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +56,7 @@ def sweep_feature_maps(client: MlflowClient, table: pd.DataFrame, keys: list[str
     feature maps (``pictures.enabled=false``)."""
     from mlflow.exceptions import MlflowException
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
+    no_progress_bars()
     chosen = chosen_runs(table, keys, objective)
     runs, labels = [], set()
     with tempfile.TemporaryDirectory() as tmp:

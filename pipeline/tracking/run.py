@@ -57,6 +57,7 @@ from pipeline.tracking.store import (
     SweepParent,
     TrackingError,
     end_run,
+    no_progress_bars,
     one_line,
     open_experiment,
     open_store,
@@ -114,7 +115,7 @@ def _mlflow_settings() -> None:
     what 5 s gathered (by default MLflow sends each call's metrics on its own), and no
     progress bars for copying artifacts."""
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "5")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    no_progress_bars()
 
 
 def start(cfg: DictConfig, out_dir: Path, overrides: Sequence[str],

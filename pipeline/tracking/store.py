@@ -230,6 +230,12 @@ def open_experiment(
         raise TrackingError(f"MLflow store {uri} cannot be opened: {one_line(e)}") from None
 
 
+def no_progress_bars() -> None:
+    """Turn MLflow's artifact progress bars off (unless the user set them): a bar for each
+    file copied or downloaded would fill stderr. MLflow reads the variable as it copies."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 @contextlib.contextmanager
 def quiet_mlflow() -> Iterator[None]:
     """MLflow's own log (and that of alembic, its schema migrations) quiet while it opens a
