@@ -23,18 +23,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class SoftmaxCrossEntropy:
-    """Mean cross-entropy of ``softmax(logits)`` against integer class labels.
+    """Mean cross-entropy of ``softmax(logits)`` against integer class labels, optionally
+    against labels smoothed by ``label_smoothing`` (eps).
 
-    ``loss = -mean_i log softmax(logits)[i, y_i]``; ``backward()`` returns
-    ``dL/dlogits = (probs - onehot(y)) / m``.
+    The target of example i is ``q_i = (1 - eps) * onehot(y_i) + eps / K``;
+    ``loss = -mean_i sum_k q_ik log softmax(logits)[i, k]`` (with eps = 0, the plain
+    ``-mean_i log softmax(logits)[i, y_i]``) and ``backward()`` returns
+    ``dL/dlogits = (probs - q) / m``. The same definition as PyTorch's
+    ``cross_entropy(..., label_smoothing=eps)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
+            raise ValueError("SoftmaxCrossEntropy: label_smoothing must be a number in "
+                             f"[0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         self.probs: np.ndarray | None = None  # (m, K) cached softmax
         self.y: np.ndarray | None = None  # (m,) cached labels
 
     def __repr__(self) -> str:
-        return "SoftmaxCrossEntropy()"
+        eps = self.label_smoothing
+        return f"SoftmaxCrossEntropy(label_smoothing={eps})" if eps else "SoftmaxCrossEntropy()"
 
     @staticmethod
     def check(logits: np.ndarray, y: np.ndarray) -> None:
@@ -80,14 +89,18 @@ class SoftmaxCrossEntropy:
         logp = log_softmax(logits)  # (m, K)
         self.probs = np.exp(logp)
         self.y = y
-        return float(-logp[np.arange(y.shape[0]), y].mean())
+        nll = -logp[np.arange(y.shape[0]), y].mean()
+        eps = self.label_smoothing
+        if not eps:
+            return float(nll)
+        return float((1.0 - eps) * nll - eps * logp.mean(axis=1).mean())  # the eps/K share
 
     def backward(self) -> np.ndarray:
-        """dL/dlogits: (m, K) = (probs - onehot(y)) / m, in the dtype of the logits."""
+        """dL/dlogits: (m, K) = (probs - q) / m, in the dtype of the logits."""
         if self.probs is None or self.y is None:
             raise ValueError("SoftmaxCrossEntropy: backward called before forward")
-        m = self.y.shape[0]
-        dlogits = self.probs.copy()  # (m, K)
-        dlogits[np.arange(m), self.y] -= 1
+        (m, K), eps = self.probs.shape, self.label_smoothing
+        dlogits = self.probs - eps / K if eps else self.probs.copy()  # (m, K)
+        dlogits[np.arange(m), self.y] -= 1.0 - eps
         dlogits /= m
-        return dlogits
+        return dlogits.astype(self.probs.dtype, copy=False)

@@ -121,9 +121,9 @@ def load_stage(config: Config, tracker: Tracker) -> Dataset:
     """The source's train and test files (written first when it generates them), split
     into train, val and test; raw uint8 images."""
     d, t0 = config.data, time.perf_counter()
-    train_path, test_path = SOURCES[d.name].pair(d, config.seed)
+    train_path, test_path = SOURCES[d.name].pair(d, d.split_seed)
     data = load.load_dataset(name=d.name, train_path=train_path, test_path=test_path,
-                             val_fraction=d.val_fraction, seed=config.seed)
+                             val_fraction=d.val_fraction, seed=d.split_seed)
     if data.image_shape != d.input_shape:
         raise ValueError(
             f"data: images are {'x'.join(map(str, data.image_shape))} but the config says "
@@ -152,7 +152,7 @@ def train_stage(plan: Plan, net: Network, data: Dataset, out_dir: Path, tracker:
     final weights."""
     t, seed, t0 = plan.config.trainer, plan.config.seed, time.perf_counter()
     history = train.train(
-        net, plan.optimizer, SoftmaxCrossEntropy(), data.train, data.val,
+        net, plan.optimizer, SoftmaxCrossEntropy(t.label_smoothing), data.train, data.val,
         epochs=t.epochs, batch_size=t.batch_size, seed=seed, out_dir=out_dir,
         schedule=plan.schedule, patience=t.patience,
         resume=Path(t.resume) if t.resume else None, progress=t.progress,

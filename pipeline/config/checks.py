@@ -146,6 +146,7 @@ def validate(cfg: DictConfig) -> Config:
         _check_keys(key, node, schema)
     _require(cfg.dtype in DTYPES, "dtype", f"must be {one_of(DTYPES)}", cfg.dtype)
     _require(cfg.seed >= 0, "seed", "must be an integer >= 0", cfg.seed)
+    _require(d.split_seed >= 0, "data.split_seed", "must be an integer >= 0", d.split_seed)
     _require(d.name in SOURCES, "data.name", f"must be {one_of(tuple(SOURCES))}", d.name)
     _require(d.image_size >= 1, "data.image_size", "must be >= 1", d.image_size)
     _require(d.channels >= 1, "data.channels", "must be >= 1", d.channels)
@@ -160,6 +161,8 @@ def validate(cfg: DictConfig) -> Config:
     _require(t.epochs >= 1, "trainer.epochs", "must be >= 1", t.epochs)
     _require(t.batch_size >= 1, "trainer.batch_size", "must be >= 1", t.batch_size)
     _require(t.patience >= 0, "trainer.patience", "must be >= 0", t.patience)
+    _require(0.0 <= t.label_smoothing < 1.0, "trainer.label_smoothing", "must be in [0, 1)",
+             t.label_smoothing)
     _require(t.lr_schedule in SCHEDULES, "trainer.lr_schedule", f"must be {one_of(SCHEDULES)}",
              t.lr_schedule)
     _require(t.patience == 0 or d.val_fraction > 0, "trainer.patience",
@@ -210,7 +213,7 @@ def checked(cfg: DictConfig) -> Plan:
     if t.resume:
         require_path("trainer.resume", t.resume, file=True, hint=RESUME_HINT)
         read_checkpoint(Path(t.resume))
-    check_data(config.data, config.seed, t.batch_size)
+    check_data(config.data, t.batch_size)
     return Plan(config, optimizer, schedule)
 
 
@@ -231,7 +234,7 @@ def check_memory(config: Config) -> None:
             f"is free; lower data.image_size or trainer.batch_size")
 
 
-def check_data(d: DataConfig, seed: int, batch_size: int) -> None:
+def check_data(d: DataConfig, batch_size: int) -> None:
     """The data paths the source needs, a cache folder it can write, and the splits."""
     source = SOURCES[d.name]
     for path in source.paths:
@@ -239,7 +242,7 @@ def check_data(d: DataConfig, seed: int, batch_size: int) -> None:
             require_path(f"data.{path.key}", getattr(d, path.key), path.file, path.holds)
     if source.generated:
         require_writable("data.cache_dir", d.cache_dir, "where generated HDF5 files are kept")
-    check_split_plan(d, seed, batch_size)  # from the labels: every class in every split
+    check_split_plan(d, batch_size)  # from the labels: every class in every split
 
 
 def gib(n_bytes: float) -> str:

@@ -32,6 +32,10 @@ class DataConfig:
     image_size: int = 64  # height = width of the images the model is built for
     channels: int = 3
     val_fraction: float = 0.1  # of the training data, stratified, seeded
+    # The seed of the test and validation splits, apart from ``seed`` (initial weights,
+    # shuffling, dropout, augmentation): runs of a sweep over ``seed`` are judged on the
+    # same test images.
+    split_seed: int = 0
     normalize: str = "scale"  # a method of pipeline.data.normalize.METHODS
     cache_dir: str = "data"  # where generated HDF5 files are written and reused
     test_fraction: float = 0.15  # digits and image_folder: held out for the test set
@@ -80,6 +84,7 @@ class TrainerConfig:
     lr_decay_rate: float = 0.1
     lr_decay_every: int = 10
     warmup_epochs: int = 0
+    label_smoothing: float = 0.0  # of the training loss's targets, in [0, 1); 0 = off
     patience: int = 0  # early stopping on validation accuracy; 0 = off
     restore_best: bool = True  # end with the best validation epoch's weights, not the last's
     resume: str | None = None  # a checkpoint to continue from

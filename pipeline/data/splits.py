@@ -20,10 +20,10 @@ from pipeline.data.load import stratified_split
 from pipeline.data.sources import SOURCES
 
 
-def check_split_plan(d: Any, seed: int, batch_size: int) -> None:
+def check_split_plan(d: Any, batch_size: int) -> None:
     """ValueError naming the key when the images are not of the size ``d`` (the ``data``
     config) says, a class would have no image in the train, validation or test split, or
-    ``batch_size`` exceeds the training images."""
+    ``batch_size`` exceeds the training images. The splits are ``d.split_seed``'s."""
     labels, test, names, shape = SOURCES[d.name].labels(d)
     if tuple(shape) != (d.image_size, d.image_size, d.channels):
         raise ValueError(
@@ -35,7 +35,8 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> None:
                          "a classifier needs at least two")
     splits_test = test is None  # else the source has its own test set
     if splits_test:
-        kept, _ = split_or_say(labels, names, d.test_fraction, seed, "data.test_fraction", "test")
+        kept, _ = split_or_say(labels, names, d.test_fraction, d.split_seed,
+                               "data.test_fraction", "test")
         labels = labels[kept]
     if d.val_fraction > 0:
         per_class = np.bincount(labels, minlength=k)
@@ -48,7 +49,7 @@ def check_split_plan(d: Any, seed: int, batch_size: int) -> None:
                 f"data.test_fraction={d.test_fraction} leaves too few to train on: {has}, and "
                 f"{needs}" if splits_test else
                 f"data.val_fraction={d.val_fraction}: {has}; {needs} (or set it to 0)")
-        kept, _ = split_or_say(labels, names, d.val_fraction, seed, "data.val_fraction",
+        kept, _ = split_or_say(labels, names, d.val_fraction, d.split_seed, "data.val_fraction",
                                "validation")
         labels = labels[kept]
     if batch_size > len(labels):

@@ -229,7 +229,10 @@ def _epoch(
                                         epoch_of, progress)
         if len(val):
             where = f"train: validation after epoch {epoch}"
-            val_loss, preds = loss_and_predictions(net, loss_fn, val, batch_size, where)
+            # the plain cross-entropy, whatever the training loss smooths: comparable
+            # between runs, and with the test loss
+            val_loss, preds = loss_and_predictions(net, SoftmaxCrossEntropy(), val, batch_size,
+                                                   where)
             val_acc = float(np.mean(preds == val.y))
     m = len(train)
     return EpochRecord(epoch=epoch, train_loss=loss_sum / m, train_accuracy=correct / m,

@@ -39,7 +39,9 @@ BAD = [  # (overrides, what the one line must say)
      "trainer.lr_decay_every must be a positive integer, got 0"),
     (["trainer.epochs=5", "trainer.warmup_epochs=5"],
      "trainer.warmup_epochs must be an integer in [0, epochs=5), got 5"),
+    (["trainer.label_smoothing=1"], "trainer.label_smoothing must be in [0, 1), got 1.0"),
     (["seed=-1"], "seed must be an integer >= 0, got -1"),
+    (["data.split_seed=-2"], "data.split_seed must be an integer >= 0, got -2"),
     (["model.pool_mode=median"], "model.pool_mode must be one of"),
     (["trainer.resume=nowhere/last.npz"], "trainer.resume: nowhere/last.npz does not exist"),
     (["trainer.resume=."], "trainer.resume: . is a folder"),
@@ -229,7 +231,7 @@ def test_an_omegaconf_error_from_the_pipelines_own_code_keeps_its_traceback():
     from pipeline.errors import raised_by_a_bug
 
     with pytest.raises(OmegaConfBaseException) as in_pipeline:  # a key the code expects
-        check_split_plan(OmegaConf.create({"name": "digits"}), 0, 1)
+        check_split_plan(OmegaConf.create({"name": "digits"}), 1)
     strict = OmegaConf.create({"a": 1})
     OmegaConf.set_struct(strict, True)
     with pytest.raises(OmegaConfBaseException) as elsewhere:

@@ -30,24 +30,43 @@ def test_matches_manual_formula() -> None:
     np.testing.assert_allclose(softmax(logits), probs, rtol=1e-12)
 
 
-def test_matches_torch_cross_entropy() -> None:
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_matches_torch_cross_entropy(eps: float) -> None:
     torch = pytest.importorskip("torch", reason="torch is the independent reference for the loss")
     logits, y = batch(m=16, K=10, seed=1)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=eps)
     loss = loss_fn.forward(logits, y)
     t_logits = torch.tensor(logits, requires_grad=True)
-    t_loss = torch.nn.functional.cross_entropy(t_logits, torch.tensor(y))
+    t_loss = torch.nn.functional.cross_entropy(t_logits, torch.tensor(y), label_smoothing=eps)
     t_loss.backward()
     assert loss == pytest.approx(t_loss.item(), rel=1e-12)
     np.testing.assert_allclose(loss_fn.backward(), t_logits.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
-def test_gradient_check() -> None:
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_gradient_check(eps: float) -> None:
     logits, y = batch(seed=2)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=eps)
     num = numerical_grad(lambda: loss_fn.forward(logits, y), logits)
     loss_fn.forward(logits, y)
     assert rel_error(loss_fn.backward(), num) < 1e-6
+
+
+def test_smoothed_labels_are_the_mixed_target() -> None:
+    """eps = 0.3, K = 5: the target is 0.3/5 on every class plus 0.7 on the label."""
+    logits, y = batch(seed=3)
+    q = np.full(logits.shape, 0.3 / 5) + 0.7 * np.eye(5)[y]
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=0.3)
+    logp = np.log(softmax(logits))
+    assert loss_fn.forward(logits, y) == pytest.approx(-np.mean((q * logp).sum(axis=1)), rel=1e-12)
+    np.testing.assert_allclose(loss_fn.backward(), (softmax(logits) - q) / len(y), rtol=1e-12)
+    assert loss_fn.backward().dtype == np.float64
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, "0.1", None])
+def test_bad_label_smoothing_is_refused(eps) -> None:
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\)"):
+        SoftmaxCrossEntropy(label_smoothing=eps)
 
 
 def test_huge_logits_are_stable() -> None:

@@ -68,3 +68,46 @@ def test_every_result_file_is_written_under_its_one_name(tmp_path, compose):
     written = {p.relative_to(tmp_path / "out").as_posix()  # files and folders
                for p in Path(tmp_path / "out").rglob("*")}
     assert set(run_files.RESULTS) | {run_files.CHECKPOINT} <= written
+
+
+def test_the_splits_follow_data_split_seed_not_seed(tmp_path, compose):
+    """A sweep over ``seed`` (weights, shuffling) is judged on one test set; data.split_seed
+    picks another split."""
+    from pipeline.config.checks import validate
+    from pipeline.tracking.tracker import Tracker
+
+    def split(*overrides: str):
+        cfg = validate(compose(f"data.cache_dir={tmp_path / 'data'}", *overrides))
+        data = pipeline_run.load_stage(cfg, Tracker())
+        return data.test.x, data.val.x
+
+    (test0, val0), (test5, val5) = split(), split("seed=5")
+    assert (test0 == test5).all() and (val0 == val5).all()
+    other_test, other_val = split("data.split_seed=5")
+    assert other_test.shape == test0.shape and (other_test != test0).any()
+    assert (other_val != val0).any()
+
+
+def test_trainer_label_smoothing_smooths_the_training_loss_only(tmp_path, compose, monkeypatch):
+    from layers.losses import SoftmaxCrossEntropy
+    from pipeline.training.train import loss_and_predictions
+
+    seen = {}
+    train = pipeline_run.train.train
+
+    def spy(net, optimizer, loss_fn, train_split, val, *args, **kwargs):
+        seen.update(net=net, loss=loss_fn, val=val)
+        seen["history"] = train(net, optimizer, loss_fn, train_split, val, *args, **kwargs)
+        return seen["history"]
+
+    monkeypatch.setattr(pipeline_run.train, "train", spy)
+    cfg = compose(*QUICK, "tracking.enabled=false", "pictures.enabled=false",
+                  "trainer.restore_best=false", "trainer.label_smoothing=0.5",
+                  f"data.cache_dir={tmp_path / 'data'}")
+    pipeline_run.run(cfg, tmp_path / "out")
+    assert seen["loss"].label_smoothing == 0.5
+    (epoch,) = seen["history"].records  # the validation loss: the plain cross-entropy
+    plain, _ = loss_and_predictions(seen["net"], SoftmaxCrossEntropy(), seen["val"], 64)
+    smoothed, _ = loss_and_predictions(seen["net"], SoftmaxCrossEntropy(0.5), seen["val"], 64)
+    assert epoch.val_loss == pytest.approx(plain, rel=1e-6)
+    assert abs(smoothed - plain) > 0.1
