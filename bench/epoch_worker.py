@@ -68,9 +68,9 @@ def load_all(cfg) -> tuple[np.ndarray, np.ndarray, int]:
     the labels (m,); the number of classes."""
     d = cfg.data
     train_path, test_path = image_folder_to_h5(
-        Path(d.root), Path(d.cache_dir), d.image_size, d.test_fraction, cfg.seed)
+        Path(d.root), Path(d.cache_dir), d.image_size, d.test_fraction, d.split_seed)
     ds = load_dataset(name=d.name, train_path=train_path, test_path=test_path,
-                      val_fraction=d.val_fraction, seed=cfg.seed)
+                      val_fraction=d.val_fraction, seed=d.split_seed)
     x = np.concatenate([ds.train.x, ds.val.x, ds.test.x])
     y = np.concatenate([ds.train.y, ds.val.y, ds.test.y])
     x = Normalizer.fit(d.normalize, x).transform(x, np.dtype(cfg.dtype))
@@ -90,6 +90,9 @@ def torch_model(torch, net: Network):
         elif isinstance(layer, Pool2D):  # MaxPool2D or AvgPool2D
             pool = nn.MaxPool2d if layer.mode == "max" else nn.AvgPool2d
             mods.append(pool(layer.f, layer.stride))
+        elif kind == "BatchNorm":
+            norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+            mods.append(norm(shape[-1], eps=layer.eps, momentum=layer.momentum))
         elif kind in ("ReLU", "Flatten"):
             mods.append(getattr(nn, kind)())
         elif kind == "Dropout":

@@ -9,7 +9,8 @@ parameters. Then, for a batch ``X`` of shape ``(m, *input_shape)``::
 
 ``params`` and ``grads`` are dicts with the same names and shapes (``{"W": ..., "b": ...}``
 for Conv2D and Dense, empty for parameter-free layers). Optimizers read both; layers never
-update their own parameters.
+update their own parameters. ``buffers`` holds arrays that are part of a trained layer but
+not trained (BatchNorm's running statistics): saved and restored with the parameters.
 
 Every error about bad input is a ``ValueError`` that names the layer, the input shape and
 the cause, e.g. ``Conv2D 'conv1' (filters=8, f=5, stride=1, pad=0) on input 3x3x8: output
@@ -77,6 +78,7 @@ class Layer:
         self.name = name
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}  # set by init_params, kept by forward
         self.input_shape: Shape | None = None
         self.dtype: np.dtype = np.dtype(np.float32)
 
@@ -109,7 +111,7 @@ class Layer:
         """Check ``input_shape``, create parameters in ``dtype``; return the output shape."""
         input_shape = tuple(int(d) for d in input_shape)
         self.check_dims(input_shape)
-        self.params, self.grads = {}, {}  # rebuilding may change the parameter shapes
+        self.params, self.grads, self.buffers = {}, {}, {}  # rebuilding may change shapes
         out = self.output_shape(input_shape)
         self.input_shape = input_shape
         self.dtype = as_float_dtype(dtype)
@@ -120,7 +122,7 @@ class Layer:
     def init_params(
         self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype
     ) -> dict[str, np.ndarray]:
-        """Create this layer's parameters (none by default)."""
+        """Create this layer's parameters (none by default) and its ``buffers``."""
         return {}
 
     def param_count(self, input_shape: Shape) -> int:

@@ -42,6 +42,7 @@ from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
+from layers.norm import BatchNorm
 from layers.pool import MaxPool2D, Pool2D
 from layers.reference import POOL_MODES
 
@@ -246,6 +247,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "pool": lambda a: check_layer(Pool2D(a.f, a.stride, a.mode), a.input, a.batch, a.seed),
     "dense": lambda a: check_layer(Dense(a.units), a.input, a.batch, a.seed),
     "relu": lambda a: check_layer(ReLU(), a.input, a.batch, a.seed),
+    "batchnorm": lambda a: check_layer(BatchNorm(a.momentum, a.eps), a.input, a.batch, a.seed),
     "flatten": lambda a: check_layer(Flatten(), a.input, a.batch, a.seed),
     "dropout": lambda a: check_layer(Dropout(a.rate), a.input, a.batch, a.seed),
     "shift": lambda a: check_layer(RandomShift(a.max_shift), a.input, a.batch, a.seed),
@@ -262,7 +264,8 @@ ALL = [
     ["pool", "--f", "3", "--stride", "1"],  # max, overlapping windows
     ["pool", "--mode", "average"],
     ["pool", "--mode", "average", "--f", "3", "--stride", "1"],
-    ["dense"], ["relu"], ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],
+    ["dense"], ["relu"], ["batchnorm"], ["batchnorm", "--input", "5"],  # images, vectors
+    ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],
 ]
 
 
@@ -329,6 +332,10 @@ def make_parser() -> argparse.ArgumentParser:
     pool.add_argument("--stride", type=int, help="step between windows (None: f)")
     kind("dense", "Dense: the input, W and b", "5").add_argument("--units", type=int, default=4)
     kind("relu", "ReLU: the input", "3x3x2")
+    norm = kind("batchnorm", "BatchNorm in training (batch statistics): the input, gamma and "
+                "beta", "3x3x2", batch=3)
+    norm.add_argument("--momentum", type=float, default=0.1, help="of the running statistics")
+    norm.add_argument("--eps", type=float, default=1e-5, help="added to the variance")
     kind("flatten", "Flatten: the input", "3x2x4")
     dropout = kind("dropout", "Dropout in training, one fixed mask: the input", "6")
     dropout.add_argument("--rate", type=float, default=0.5, help="the drop probability")

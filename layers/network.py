@@ -155,32 +155,46 @@ class Network:
         """``{"<layer>.<param>": gradient}`` with the same keys and shapes as ``params``."""
         return {f"{layer.name}.{k}": v for layer in self.layers for k, v in layer.grads.items()}
 
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """``{"<layer>.<buffer>": array}``: arrays of a trained network that are not trained
+        (BatchNorm's running statistics), the layers' own."""
+        return {f"{layer.name}.{k}": v for layer in self.layers for k, v in layer.buffers.items()}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """``params`` and ``buffers`` together: every array that a trained network is, what
+        ``save`` writes and ``load`` restores (the layers' own arrays, not copies)."""
+        return {**self.params, **self.buffers}
+
     def num_params(self) -> int:
         """The total number of scalar parameters."""
         return sum(p.size for p in self.params.values())
 
     def save(self, path: str) -> None:
-        """Save the parameters to a ``.npz`` file with keys ``"<layer>.<param>"``.
+        """Save the parameters and buffers (``state``) to a ``.npz`` file with keys
+        ``"<layer>.<param>"``.
 
         As with ``np.savez``, ``.npz`` is appended to ``path`` if it lacks it.
         """
         if self.input_shape is None:
             raise ValueError("Network is not built: nothing to save")
-        np.savez(path, **self.params)
+        np.savez(path, **self.state)
 
     def load(self, path: str) -> None:
-        """Load parameters saved by ``save`` into this (built) network, in its dtype.
+        """Load the parameters and buffers saved by ``save`` into this (built) network, in
+        its dtype.
 
         Every name and shape is checked first; a ValueError lists the missing and
         unexpected names and the wrong shapes, and nothing is changed.
         """
         if self.input_shape is None:
             raise ValueError("Network is not built: call build(input_shape) before load")
-        params = self.params
+        state = self.state
         with np.load(path) as f:
             found = {k: f[k] for k in f.files}
-        check_same_arrays(params, found, path)
-        for k, p in params.items():
+        check_same_arrays(state, found, path)
+        for k, p in state.items():
             p[...] = found[k].astype(self.dtype)  # in place: keeps optimizer references valid
 
     # -- description --------------------------------------------------------------------

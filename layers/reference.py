@@ -301,3 +301,88 @@ def pool_backward(dA: np.ndarray, cache: tuple[Any, ...], mode: str = "max") -> 
                         )
 
     return dA_prev
+
+
+def batchnorm_forward(
+    X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple[Any, ...]]:
+    """Batch normalisation in training mode, channel by channel (not in the course: the
+    specification of ``layers.norm.BatchNorm``).
+
+    For every channel ``c``, over all ``N = m * n_H * n_W`` of its values::
+
+        mu = sum(x) / N            var = sum((x - mu)**2) / N
+        x_hat = (x - mu) / sqrt(var + eps)            y = gamma[c] * x_hat + beta[c]
+
+    Args:
+        X: the input, shape ``(m, n_H, n_W, n_C)``.
+        gamma, beta: scale and shift, shape ``(n_C,)``.
+        eps: added to the variance.
+
+    Returns:
+        ``(Y, cache)``: Y like X, and ``(X_hat, var, gamma, eps)`` for the backward pass.
+    """
+    (m, n_H, n_W, n_C) = X.shape
+    N = m * n_H * n_W
+    Y = np.zeros(X.shape)
+    X_hat = np.zeros(X.shape)
+    var = np.zeros(n_C)
+    for c in range(n_C):
+        total = 0.0
+        for i in range(m):
+            for h in range(n_H):
+                for w in range(n_W):
+                    total += X[i, h, w, c]
+        mu = total / N
+        squares = 0.0
+        for i in range(m):
+            for h in range(n_H):
+                for w in range(n_W):
+                    squares += (X[i, h, w, c] - mu) ** 2
+        var[c] = squares / N
+        for i in range(m):
+            for h in range(n_H):
+                for w in range(n_W):
+                    X_hat[i, h, w, c] = (X[i, h, w, c] - mu) / np.sqrt(var[c] + eps)
+                    Y[i, h, w, c] = gamma[c] * X_hat[i, h, w, c] + beta[c]
+    return Y, (X_hat, var, gamma, eps)
+
+
+def batchnorm_backward(
+    dY: np.ndarray, cache: tuple[Any, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward pass of ``batchnorm_forward``, channel by channel.
+
+    Every ``x`` of channel c moves ``y`` directly and through mu and var; summing the three
+    paths over the channel's N values gives::
+
+        dbeta  = sum(dy)           dgamma = sum(dy * x_hat)
+        dx     = gamma / sqrt(var + eps) * (dy - dbeta / N - x_hat * dgamma / N)
+
+    Args:
+        dY: gradient of the loss w.r.t. Y, shape ``(m, n_H, n_W, n_C)``.
+        cache: as returned by ``batchnorm_forward``.
+
+    Returns:
+        ``(dX, dgamma, dbeta)``: dX like dY, dgamma and dbeta shape ``(n_C,)``.
+    """
+    (X_hat, var, gamma, eps) = cache
+    (m, n_H, n_W, n_C) = dY.shape
+    N = m * n_H * n_W
+    dX = np.zeros(dY.shape)
+    dgamma = np.zeros(n_C)
+    dbeta = np.zeros(n_C)
+    for c in range(n_C):
+        for i in range(m):
+            for h in range(n_H):
+                for w in range(n_W):
+                    dbeta[c] += dY[i, h, w, c]
+                    dgamma[c] += dY[i, h, w, c] * X_hat[i, h, w, c]
+        scale = gamma[c] / np.sqrt(var[c] + eps)
+        for i in range(m):
+            for h in range(n_H):
+                for w in range(n_W):
+                    dX[i, h, w, c] = scale * (
+                        dY[i, h, w, c] - dbeta[c] / N - X_hat[i, h, w, c] * dgamma[c] / N
+                    )
+    return dX, dgamma, dbeta

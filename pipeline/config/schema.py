@@ -130,6 +130,7 @@ class ConvSpec:
     f: int = MISSING
     stride: int = 1
     pad: Any = 0  # int >= 0, "same" or "valid"
+    batch_norm: bool = False  # followed by a BatchNorm (layers.norm), before its ReLU
     relu: bool = True  # followed by a ReLU
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from layers.activations import ReLU
 from layers.conv import Conv2D
 from layers.network import Network
+from layers.norm import BatchNorm
 from layers.pool import MaxPool2D, Pool2D
 
 
@@ -43,27 +44,32 @@ def shows_maps(layer: object) -> bool:
 
 def relu_applied(layers: list[object], k: int) -> bool:
     """Whether the model applies a ReLU to layer ``k``'s output: the next layer is one, or
-    ``k`` is a conv followed by a max pool and then the conv's ReLU (``training.model``
-    moves a ReLU after the max pool that follows it: the same function, less work)."""
+    ``k`` is a conv (or its BatchNorm) followed by a max pool and then the conv's ReLU
+    (``training.model`` moves a ReLU after the max pool that follows it: the same
+    function, less work)."""
     after = layers[k + 1:k + 3]
     return bool(after) and isinstance(after[0], ReLU) or (
-        isinstance(layers[k], Conv2D) and len(after) == 2
+        isinstance(layers[k], Conv2D | BatchNorm) and len(after) == 2
         and isinstance(after[0], MaxPool2D) and isinstance(after[1], ReLU))
 
 
 def feature_maps(net: Network, x: np.ndarray) -> list[list[FeatureMap]]:
     """For each image of ``x`` (m, n_H, n_W, n_C), normalized as the network takes it, the
     output of every conv and pool layer in order (evaluation mode), after the ReLU the
-    model applies to it (``relu_applied``): what the model as configured (conv -> ReLU ->
-    pool) computes, whichever pooling mode."""
+    model applies to it (``relu_applied``) and a conv's BatchNorm: what the model as
+    configured (conv -> [BatchNorm ->] ReLU -> pool) computes, whichever pooling mode."""
     maps: list[list[FeatureMap]] = [[] for _ in range(len(x))]
-    out = x
-    for k, layer in enumerate(net.layers):
+    out, layers = x, net.layers
+    for k, layer in enumerate(layers):
         out = layer.forward(out, training=False)
         if shows_maps(layer):
-            relu = relu_applied(net.layers, k)
-            shown = np.maximum(out, 0) if relu else out  # (m, n_H, n_W, n_C)
-            describe = f"{layer!r} + ReLU" if relu else repr(layer)
+            shown, describe, last = out, repr(layer), k  # (m, n_H, n_W, n_C)
+            if k + 1 < len(layers) and isinstance(layers[k + 1], BatchNorm):  # the conv's
+                shown, describe = layers[k + 1].forward(out, training=False), f"{describe} + BN"
+                last = k + 1
+            relu = relu_applied(layers, last)
+            shown = np.maximum(shown, 0) if relu else shown
+            describe = f"{describe} + ReLU" if relu else describe
             for i in range(len(x)):
                 maps[i].append(FeatureMap(str(layer.name), describe, shown[i].copy()))
     return maps

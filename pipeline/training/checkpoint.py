@@ -72,7 +72,8 @@ def save_checkpoint(
         optimizer: its ``state_dict()`` (arrays shaped like the parameters) is saved.
         rng: the shuffling generator; its state is saved with those of the layers' ``rng``.
         history: ``History.to_dict()`` of the epochs done so far.
-        best: copies of the parameters of the best epoch so far, or None.
+        best: copies of the parameters and buffers (``net.state``) of the best epoch so
+            far, or None.
         config: ``resume_config(...)``, what a resumed run must match.
         run: the run this checkpoint belongs to, JSON-serialisable (``pipeline.config.resume``).
     """
@@ -83,7 +84,7 @@ def save_checkpoint(
         "shuffle_rng": rng.bit_generator.state,
         "layer_rngs": {k: g.bit_generator.state for k, g in _layer_rngs(net).items()},
     }
-    arrays = {f"param/{k}": p for k, p in net.params.items()}
+    arrays = {f"param/{k}": p for k, p in net.state.items()}  # parameters and buffers
     arrays.update({f"best/{k}": p for k, p in (best or {}).items()})
     arrays.update({f"optim/{k}": a for k, a in optimizer.state_dict().items()})
     arrays["state"] = np.array(json.dumps(state))
@@ -159,7 +160,7 @@ def load_checkpoint(
         group, _, name = key.partition("/")
         groups.get(group, {})[name] = a
     state = _state(found, path)
-    params, saved = net.params, groups["param"]
+    params, saved = net.state, groups["param"]
     check_same_arrays(params, saved, path)
     changed = {k: (v, config[k]) for k, v in state["config"].items() if config.get(k) != v}
     if changed:

@@ -13,6 +13,7 @@ from layers.base import Layer
 from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.network import Network
+from layers.norm import BatchNorm
 from layers.pool import MaxPool2D, Pool2D
 from pipeline.config.schema import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, PoolSpec
 
@@ -20,8 +21,9 @@ from pipeline.config.schema import ConvSpec, DenseSpec, DropoutSpec, ModelSpec, 
 def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
     """The layers of ``spec`` in order, named after their config keys.
 
-    With ``augment_shift > 0`` a RandomShift (training only) comes first. A ReLU follows
-    each conv and hidden dense layer that asks for one (``conv1_relu``); a
+    With ``augment_shift > 0`` a RandomShift (training only) comes first. A BatchNorm
+    follows each conv that asks for one (``conv1_bn``), then a ReLU follows each conv and
+    hidden dense layer that asks for one (``conv1_relu``); a
     Flatten goes before the first dense layer; a final Dense ``logits`` with one unit per
     class ends the network.
 
@@ -36,6 +38,8 @@ def model_layers(spec: ModelSpec, num_classes: int) -> list[Layer]:
     for name, s in spec.layers:
         if isinstance(s, ConvSpec):
             layers.append(Conv2D(s.filters, s.f, s.stride, s.pad, name=name))
+            if s.batch_norm:
+                layers.append(BatchNorm(name=f"{name}_bn"))
         elif isinstance(s, PoolSpec):
             layers.append(Pool2D(s.f, s.stride, s.mode or spec.pool_mode, name=name))
         elif isinstance(s, DenseSpec):

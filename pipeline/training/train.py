@@ -158,7 +158,7 @@ def train(
         if record.val_accuracy is not None and (
                 best is None or record.val_accuracy > history.best_val_accuracy):
             history.best_epoch, history.best_val_accuracy = epoch, record.val_accuracy
-            best = {k: p.copy() for k, p in net.params.items()}
+            best = {k: p.copy() for k, p in net.state.items()}  # with BatchNorm's statistics
         if patience and epoch - history.best_epoch >= patience and epoch < epochs:
             history.stopped_early = True
         log.info(_summary(record, epochs))
@@ -169,7 +169,7 @@ def train(
     if history.stopped_early:
         log.info("early stopping: no val accuracy gain in the last %d epochs", patience)
     if best is not None and restore_best:
-        for k, p in net.params.items():
+        for k, p in net.state.items():
             p[...] = best[k]
         log.info("restored the weights of the best epoch, %d", history.best_epoch)
     return history

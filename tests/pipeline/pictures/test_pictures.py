@@ -75,6 +75,21 @@ def test_average_pool_maps_are_its_output_as_it_is(compose):
     assert not pool.describe.endswith("ReLU")
 
 
+def test_a_batch_normalised_conv_shows_its_output_after_the_batchnorm_and_relu(compose):
+    cfg = compose("+model.conv1.batch_norm=true", "+model.conv2.batch_norm=true")
+    net = build_network(validate(cfg).model, (8, 8, 1), 3, seed=0, dtype=np.float64)
+    assert [layer.name for layer in net.layers[:4]] == ["conv1", "conv1_bn", "pool1",
+                                                        "conv1_relu"]
+    net.forward(np.random.default_rng(1).random((6, 8, 8, 1)))  # running statistics move
+    x = np.random.default_rng(0).random((1, 8, 8, 1))
+    conv, pool = inside.feature_maps(net, x)[0][:2]
+    outputs = _outputs(net, x)
+    np.testing.assert_array_equal(conv.values, np.maximum(outputs[1][1][0], 0))  # conv1_bn's
+    np.testing.assert_array_equal(pool.values, outputs[3][1][0])  # conv1_relu's
+    assert conv.describe.endswith("'same') + BN + ReLU")
+    assert pool.describe.endswith(" + ReLU")
+
+
 def test_saved_maps_are_read_back_with_their_kept_channels(tmp_path, net):
     x = np.random.default_rng(3).random((1, 8, 8, 1))
     maps = inside.feature_maps(net, x)[0]
