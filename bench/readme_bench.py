@@ -31,6 +31,7 @@ COMMANDS = {  # README's commands, by name: their overrides
     "default": [],
     "sign_digits_small": ["+experiment=sign_digits_small"],
     "sign_digits_deep": ["+experiment=sign_digits_deep"],
+    "sign_digits_fast": ["+experiment=sign_digits_fast"],
 }
 
 

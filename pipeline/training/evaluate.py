@@ -131,7 +131,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
 
 def plot_learning_curve(history: History, path: Path) -> None:
     """Save loss and accuracy per epoch (train and, if any, validation) as a PNG, with the
-    best epoch marked."""
+    best epoch marked, and the epoch whose weights the model kept when it is another."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -144,6 +144,9 @@ def plot_learning_curve(history: History, path: Path) -> None:
             ax.plot(cols["epoch"], val, "o-", label="validation")
         if history.best_epoch is not None:
             ax.axvline(history.best_epoch, color="gray", ls="--", label="best epoch")
+        if history.kept_epoch not in (None, history.best_epoch):
+            ax.axvline(history.kept_epoch, color="black", ls=":",
+                       label=f"weights kept (epoch {history.kept_epoch})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)

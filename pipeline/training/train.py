@@ -50,12 +50,14 @@ class EpochRecord:
 @dataclass
 class History:
     """Every epoch's record, the epoch with the best validation accuracy (the first one if
-    tied; None without validation data) and whether early stopping ended the run."""
+    tied; None without validation data), whether early stopping ended the run, and the
+    epoch whose weights the network ends with (the best one restored, or the last)."""
 
     records: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
     stopped_early: bool = False
+    kept_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``records`` is a list of dicts)."""
@@ -168,9 +170,11 @@ def train(
 
     if history.stopped_early:
         log.info("early stopping: no val accuracy gain in the last %d epochs", patience)
+    history.kept_epoch = len(history.records)
     if best is not None and restore_best:
         for k, p in net.state.items():
             p[...] = best[k]
+        history.kept_epoch = history.best_epoch
         log.info("restored the weights of the best epoch, %d", history.best_epoch)
     return history
 

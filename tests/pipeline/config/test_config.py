@@ -174,6 +174,17 @@ def test_photograph_experiments_compose_and_build_on_64x64(experiment, model, pa
     assert type(net.layers[0]).__name__ == "RandomShift"
 
 
+def test_the_fast_experiment_is_deep_cnn_with_a_batchnorm_after_each_conv_on_32x32():
+    cfg = make_cfg("+experiment=sign_digits_fast")
+    config = validate(cfg)
+    assert config.data.image_size == 32 and not config.trainer.restore_best
+    net = build_network(config.model, config.data.input_shape, 10, seed=0)
+    names = [layer.name for layer in net.layers]
+    assert names[:5] == ["augment_shift", "conv1", "conv1_bn", "pool1", "conv1_relu"]
+    assert [n for n in names if n.endswith("_bn")] == [f"conv{i}_bn" for i in range(1, 5)]
+    assert net.num_params() == 164_874 and len(net.buffers) == 8  # 2 per BatchNorm
+
+
 def test_augment_shift_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match=r"model\.augment_shift"):
         validate(make_cfg("model.augment_shift=-1"))

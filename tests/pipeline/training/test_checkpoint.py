@@ -12,6 +12,7 @@ import pytest
 from layers.activations import Dropout, Flatten, ReLU
 from layers.dense import Dense
 from layers.network import Network
+from layers.norm import BatchNorm
 from layers.optim import SGD, Adam
 from pipeline.training.checkpoint import (
     checkpoint_path,
@@ -73,6 +74,28 @@ def test_round_trip_restores_every_state(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, saved_opt[k], err_msg=k)
     assert fresh_rng.random() == rng.random()  # the shuffling generator continues alike
     assert fresh["dropout2"].rng.random() == net["dropout2"].rng.random()  # and the dropout
+
+
+def test_batchnorm_running_statistics_are_saved_and_restored(tmp_path: Path) -> None:
+    """Buffers go with the parameters: in the checkpoint and in the best epoch's copy."""
+    def bn_net(seed: int) -> Network:
+        net = Network([BatchNorm(name="bn"), Flatten(), Dense(3, name="fc")])
+        net.build((4, 4, 1), seed=seed)
+        return net
+
+    net, optimizer, rng = bn_net(0), Adam(0.01), np.random.default_rng(7)
+    trained(net, optimizer, rng)
+    assert net.buffers["bn.running_var"][0] != 1.0  # moved by the training forward
+    best = {k: a.copy() + 1 for k, a in net.state.items()}
+    config = resume_config(0, 16, 60, optimizer)
+    path = checkpoint_path(tmp_path)
+    save_checkpoint(path, net, optimizer, rng, HISTORY, best, config)
+    fresh = bn_net(1)
+    _, loaded_best = load_checkpoint(path, fresh, Adam(0.01), np.random.default_rng(0), config)
+    for k, a in net.state.items():
+        np.testing.assert_array_equal(fresh.state[k], a, err_msg=k)
+        np.testing.assert_array_equal(loaded_best[k], best[k], err_msg=k)
+    assert set(loaded_best) == set(net.params) | {"bn.running_mean", "bn.running_var"}
 
 
 def test_no_best_weights_give_none(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from layers.conv import Conv2D
 from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
+from layers.norm import BatchNorm
 from layers.optim import SGD, Adam
 from pipeline.data.dataset import Split
 from pipeline.training.schedule import make_schedule
@@ -164,7 +165,7 @@ def snapshots(net: Network) -> tuple[dict, callable]:
     saved: dict[int, dict[str, np.ndarray]] = {}
 
     def on_epoch_end(record: EpochRecord) -> None:
-        saved[record.epoch] = {k: p.copy() for k, p in net.params.items()}
+        saved[record.epoch] = {k: p.copy() for k, p in net.state.items()}
 
     return saved, on_epoch_end
 
@@ -182,22 +183,32 @@ def test_early_stopping_stops_and_restores_the_best_weights(tmp_path):
         np.testing.assert_array_equal(p, saved[h.best_epoch][k])
 
 
-def test_best_weights_are_restored_without_early_stopping(tmp_path):
-    net = dense_net()
+def bn_net() -> Network:
+    """A BatchNorm (buffers: running statistics) before the dense layer."""
+    net = Network([BatchNorm(name="bn"), Flatten(), Dense(K)])
+    net.build((8, 8, 1), seed=0)
+    return net
+
+
+@pytest.mark.parametrize("make_net", [dense_net, bn_net])
+def test_best_weights_are_restored_without_early_stopping(tmp_path, make_net):
+    net = make_net()
     saved, callback = snapshots(net)
     h = run(net, tmp_path, epochs=4, val=make_split(30, 2, flip=True), on_epoch_end=callback)
     assert not h.stopped_early and len(h.records) == 4 and h.best_epoch < 4
-    for k, p in net.params.items():
+    assert h.kept_epoch == h.best_epoch
+    for k, p in net.state.items():  # the parameters and the running statistics
         np.testing.assert_array_equal(p, saved[h.best_epoch][k])
 
 
-def test_restore_best_false_keeps_the_last_epochs_weights(tmp_path):
-    net = dense_net()
+@pytest.mark.parametrize("make_net", [dense_net, bn_net])
+def test_restore_best_false_keeps_the_last_epochs_weights(tmp_path, make_net):
+    net = make_net()
     saved, callback = snapshots(net)
     h = run(net, tmp_path, epochs=4, val=make_split(30, 2, flip=True), on_epoch_end=callback,
             restore_best=False)
-    assert h.best_epoch < 4
-    for k, p in net.params.items():
+    assert h.best_epoch < 4 and h.kept_epoch == 4
+    for k, p in net.state.items():
         np.testing.assert_array_equal(p, saved[4][k])
 
 
