@@ -180,10 +180,13 @@ def check_loss(classes: int = 5, batch: int = 4, seed: int = 0) -> list[Result]:
 
 
 def small_network(classes: int = 3) -> Network:
-    """Every kind of layer in one small network: shift, conv, ReLU, max-pool, Flatten,
-    Dense, ReLU, Dropout, Dense -> logits (m, classes)."""
+    """Every kind of layer in one small network: shift, BatchNorm, conv, ReLU, max-pool,
+    Flatten, Dense, ReLU, Dropout, Dense -> logits (m, classes). (The BatchNorm comes first:
+    after a conv, it would leave the conv's bias a gradient of exactly 0, which no relative
+    error can check.)"""
     return Network([
-        RandomShift(1, name="shift"), Conv2D(3, 3, pad="same", name="conv"), ReLU(name="relu1"),
+        RandomShift(1, name="shift"), BatchNorm(name="bn"), Conv2D(3, 3, pad="same", name="conv"),
+        ReLU(name="relu1"),
         MaxPool2D(2, name="pool"), Flatten(name="flatten"), Dense(8, name="fc1"),
         ReLU(name="relu2"), Dropout(0.25, name="drop"), Dense(classes, name="fc2"),
     ])
@@ -343,9 +346,9 @@ def make_parser() -> argparse.ArgumentParser:
     shift.add_argument("--max-shift", type=int, default=1, help="pixels")
     kind("loss", "SoftmaxCrossEntropy: the logits", batch=4).add_argument(
         "--classes", type=int_at_least(2), default=5)
-    net = kind("network", "a small network (shift, conv, max-pool, dense, dropout) and the "
-               "loss: every parameter, the input, and the input gradient of the predicted "
-               "class score", "6x6x2")
+    net = kind("network", "a small network (shift, batchnorm, conv, max-pool, dense, "
+               "dropout) and the loss: every parameter, the input, and the input gradient of "
+               "the predicted class score", "6x6x2")
     net.add_argument("--classes", type=int_at_least(2), default=3)
     kinds.add_parser("all", help="every kind with its defaults, and the network", parents=[seed])
     return parser

@@ -231,7 +231,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
         (("conv", "--filters", "4", "--f", "3", "--stride", "2", "--pad", "same", "--input",
           "7x7x3", "--batch", "2", "--seed", "0"), 3),
         (("pool", "--mode", "average", "--f", "2", "--stride", "1"), 1),
-        (("network", "--seed", "1"), 1 + 6 + 1),  # input, W and b of 3 layers, class score
+        (("network", "--seed", "1"), 1 + 8 + 1),  # input, 3 layers' W and b, bn's gamma and
+        # beta, the class score
     ],
     ids=["all", "conv", "pool", "network"],
 )
@@ -240,7 +241,7 @@ def test_command(args: tuple[str, ...], rows: int | None) -> None:
     assert done.returncode == 0, done.stderr
     assert_table(done.stdout, rows)
     if not args:  # every kind, under its layer's name
-        for name in ("Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "Flatten",
+        for name in ("Conv2D", "MaxPool2D", "AvgPool2D", "Dense", "ReLU", "BatchNorm", "Flatten",
                      "Dropout", "RandomShift", "SoftmaxCrossEntropy", "Network"):
             assert f"\n{name}" in done.stdout, name
 
