@@ -106,11 +106,24 @@ def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
         warnings.simplefilter("ignore", DeprecationWarning)  # child only draws and exits
         drawing = drawer.submit(_draw, inside.conv_filters(net), journeys, mistakes, salient,
                                 out_dir)
+    # The worker exits after this one task, even when nobody waits for it (a run that
+    # fails before its pictures are collected): it must not outlive the run, holding the
+    # pipes it inherited (the MLflow watchdog's, which then never hears the run end).
     drawer.shutdown(wait=False)
     if journeys:
         (out_dir / FEATURE_MAPS).mkdir(parents=True, exist_ok=True)
         inside.save_maps(out_dir / FEATURE_MAP_ARRAYS, *journeys[0], draw.MAX_CHANNELS)
-    return drawing.result
+
+    def wait() -> list[Path]:
+        # Then joined: an executor left shut down without waiting races its exit hook at
+        # the end of the process, which may write to its closed pipe and print "Exception
+        # ignored ... Bad file descriptor" after the run's last line.
+        try:
+            return drawing.result()
+        finally:
+            drawer.shutdown(wait=True)
+
+    return wait
 
 
 def draw_feature_maps(journeys: list[tuple[np.ndarray, str, list[inside.FeatureMap]]],
