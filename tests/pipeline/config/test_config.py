@@ -190,7 +190,8 @@ def test_augment_shift_must_be_a_non_negative_int():
         validate(make_cfg("model.augment_shift=-1"))
 
 
-@pytest.mark.parametrize("model, size", [("digits_cnn", 8), ("signs_cnn", 64), ("deep_cnn", 64)])
+@pytest.mark.parametrize("model, size", [("digits_cnn", 8), ("signs_cnn", 64), ("deep_cnn", 64),
+                                         ("deep_cnn_bn", 32)])
 def test_memory_needed_counts_the_parameters_that_building_creates(model, size):
     from pipeline.training.model import build_network, memory_needed
 
