@@ -77,11 +77,11 @@ def main() -> None:
           f"({' '.join(f'{t:.3f}' for t in torch_times)})")
     print(f"budget: {args.budget_epochs:g} of them = {budget:.1f} s")
     print(f"{'seed':>6}{'wall (s)':>10}{'in epochs':>11}{'test acc':>10}   verdict")
-    for seed, seconds, accuracy in runs:
-        ok = seconds <= budget and accuracy >= args.goal
+    within = [seconds <= budget and accuracy >= args.goal for _, seconds, accuracy in runs]
+    for (seed, seconds, accuracy), ok in zip(runs, within, strict=True):
         print(f"{seed:>6}{seconds:>10.1f}{seconds / epoch:>11.1f}{accuracy:>10.4f}   "
               f"{'within' if ok else 'NOT within'}")
-    held = all(s <= budget and a >= args.goal for _, s, a in runs)
+    held = all(within)
     print(f"+experiment={args.experiment}: >= {args.goal:.1%} test accuracy within "
           f"{args.budget_epochs:g} PyTorch epochs on every seed: {'MET' if held else 'NOT MET'}")
 

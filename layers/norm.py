@@ -46,7 +46,8 @@ class BatchNorm(Layer):
         if not (isinstance(eps, (int, float)) and eps > 0.0):
             raise ValueError(f"{label}: eps must be a number > 0, got {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
-        # X, the mean and 1/std (n_C,) it was normalised with, whether they are the batch's
+        # X as rows (N, n_C), the mean and 1/std (n_C,) it was normalised with, whether
+        # they are the batch's
         self.cache: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
 
     def config(self) -> dict[str, Any]:
@@ -71,21 +72,23 @@ class BatchNorm(Layer):
         """X: (m, ..., n_C) -> Y: same shape and dtype, ``X * scale + shift`` per channel
         with ``scale = gamma * inv_std`` and ``shift = beta - mean * scale``."""
         X = self.check_input(X)
-        rows = X.reshape(-1, X.shape[-1])  # (N, n_C), N = m * n_H * n_W: a channel's values
+        # (N, n_C), N = m * n_H * n_W: a channel's values; a copy when X is a view (a
+        # planar conv's output), made once a step: backward reads it too
+        rows = X.reshape(-1, X.shape[-1])
         if training:
             mean, var = self._batch_statistics(rows)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.dtype.type(self.eps))  # (n_C,)
         scale = self.params["gamma"] * inv_std  # (n_C,)
-        self.cache = (X, mean, inv_std, training)
-        return _affine(X, scale, self.params["beta"] - mean * scale)
+        self.cache = (rows, mean, inv_std, training)
+        return _affine(rows.reshape(X.shape), scale, self.params["beta"] - mean * scale)
 
     def _batch_statistics(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The mean and biased variance (n_C,) of ``rows`` (N, n_C); moves the running
         statistics towards them (the unbiased variance, as PyTorch)."""
         n = rows.shape[0]
-        # One pass each, none writing an (N, n_C) array: the sums as a matrix-vector
+        # One pass each, neither writing an (N, n_C) array: the sums as a matrix-vector
         # product (NumPy's reduction along the first axis of a few-channel array runs 20x
         # slower), the variance as mean(x^2) - mean^2 (its rounding, relative to the
         # variance, is float32's times (mean/std)^2: small for a layer's outputs).
@@ -109,11 +112,10 @@ class BatchNorm(Layer):
         """
         if self.cache is None:
             raise self.error("backward called before forward")
-        X, mean, inv_std, training = self.cache
-        if dout.shape != X.shape:
-            raise self.error(f"gradient shape {dout.shape} does not match the output",
-                             X.shape[1:])
-        rows, d_rows = X.reshape(-1, X.shape[-1]), dout.reshape(-1, X.shape[-1])  # (N, n_C)
+        rows, mean, inv_std, training = self.cache
+        if dout.size != rows.size or dout.shape[-1] != rows.shape[1]:
+            raise self.error(f"gradient shape {dout.shape} does not match the output")
+        d_rows = dout.reshape(rows.shape)  # (N, n_C)
         n = rows.shape[0]
         dbeta = np.ones(n, dout.dtype) @ d_rows  # (n_C,): sums over the rows
         dgamma = (np.einsum("ij,ij->j", d_rows, rows) - mean * dbeta) * inv_std  # (n_C,)
@@ -125,7 +127,7 @@ class BatchNorm(Layer):
             return dout * a
         b = -a * inv_std * dgamma / n  # (n_C,): times X; x_hat's share
         c = -a * dbeta / n - b * mean  # (n_C,)
-        return _affine(dout, a, c, X, b)
+        return _affine(dout, a, c, rows.reshape(dout.shape), b)
 
 
 def _affine(X: np.ndarray, a: np.ndarray, c: np.ndarray, Z: np.ndarray | None = None,
