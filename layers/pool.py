@@ -17,9 +17,13 @@ instead gives it to every tied maximum; the two agree whenever a window's maximu
 unique. Ties are not rare (flat image regions, ReLU zeros), so the rule is kept exactly,
 by one of two algorithms:
 
-* windows apart (stride >= f, the usual case): forward keeps each window column's maximum
-  and the first row holding it; backward (``_max_backward_routed``) finds from them the
-  first maximum of every window and stores its gradient there;
+* windows apart (stride >= f, the usual case): forward reduces each window column to its
+  maximum and the first row holding it, then marks the column that holds the window's
+  maximum by comparing the column maxima with the output spread under the columns (one
+  comparison over whole rows; only a tie or NaN needs more, ``_keep_first_columns``).
+  Backward (``_route_to_first_max``) spreads the gradient under the marked columns and
+  sends it down each to its row. Every step but the width reduction runs over whole rows,
+  chunk by chunk so that the temporaries stay in cache;
 * overlapping windows (stride < f): forward reduces along the width first, keeping each
   window row's maximum, and backward routes through the two steps: to the first row
   holding the window's maximum, then to the first column of that row holding it.
@@ -29,13 +33,15 @@ Average pooling spreads each gradient evenly over its window (``distribute_value
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+from layers import parallel
 from layers.base import Layer, Shape, check_positive_int
 from layers.im2col import output_size
-from layers.parallel import over_batch
+from layers.parallel import over_batch, reused, thread_buffers
 from layers.reference import POOL_MODES  # the specification's modes, one class each here
 
 
@@ -128,37 +134,41 @@ class MaxPool2D(Pool2D):
         if self.overlapping:
             self._backward_overlapping(*kept, A, dout, dX)
         else:
-            self._backward_apart(*kept, A, dout, dX)
+            self._backward_apart(*kept, dout, dX)
         return dX
 
     def _forward_apart(self, X: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Windows apart: A (m, n_H, n_W, n_C) from X (m, n_H_prev, n_W_prev, n_C) through
-        the window columns' maxima H and their first rows R, both (m, n_H, n_W_prev, n_C),
-        returned for backward."""
+        """Windows apart: A (m, n_H, n_W, n_C) from X (m, n_H_prev, n_W_prev, n_C), chunk by
+        chunk. Returns, for backward, ``columns`` (bool) and ``rows`` (unsigned ints), both
+        (m, n_H, n_W_prev, n_C): whether each window column holds its window's first
+        maximum, and the first row of the window column that holds the column's maximum."""
         f, s = self.f, self.stride
-        H = np.empty((*A.shape[:2], *X.shape[2:]), dtype=X.dtype)
-        R = np.empty(H.shape, np.min_scalar_type(f))
+        shape = (A.shape[0], A.shape[1], X.shape[2], A.shape[3])
+        columns = np.empty(shape, dtype=bool)
+        rows = np.empty(shape, dtype=np.min_scalar_type(f - 1))
 
-        def part(start: int, stop: int) -> None:
+        def part(k: int, start: int, stop: int) -> None:
             b = slice(start, stop)
-            _max_rows_with_first(X[b], f, s, H[b], R[b])
-            _max_along(H[b], WIDTH, f, s, A[b])
+            H = reused(thread_buffers(), "pool", (stop - start, *shape[1:]), X.dtype)
+            _max_rows_with_first(X[b], f, s, H, rows[b])
+            _max_along(H, WIDTH, f, s, A[b])
+            _mark_first_columns(H, rows[b], A[b], f, s, columns[b])
 
-        over_batch(part, X.shape[0], X.nbytes)
-        return H, R
+        parallel.over_chunks(part, X.shape[0], *_chunks(X, f))
+        return columns, rows
 
     def _backward_apart(
-        self, H: np.ndarray, R: np.ndarray, A: np.ndarray, dout: np.ndarray, dX: np.ndarray
+        self, columns: np.ndarray, rows: np.ndarray, dout: np.ndarray, dX: np.ndarray
     ) -> None:
-        """Windows apart: write dX (m, n_H_prev, n_W_prev, n_C) from dout, shaped like A
-        (m, n_H, n_W, n_C), and ``_forward_apart``'s H and R (m, n_H, n_W_prev, n_C)."""
+        """Windows apart: write dX (m, n_H_prev, n_W_prev, n_C) from dout (m, n_H, n_W, n_C)
+        and ``_forward_apart``'s ``columns`` and ``rows``, chunk by chunk."""
         f, s = self.f, self.stride
 
-        def part(start: int, stop: int) -> None:
+        def part(k: int, start: int, stop: int) -> None:
             b = slice(start, stop)
-            _max_backward_routed(H[b], R[b], A[b], dout[b], f, s, dX[b])
+            _route_to_first_max(dout[b], columns[b], rows[b], f, s, dX[b])
 
-        over_batch(part, dX.shape[0], 2 * dX.nbytes)
+        parallel.over_chunks(part, dX.shape[0], *_chunks(dX, f))
 
     def _forward_overlapping(
         self, X: np.ndarray, A: np.ndarray
@@ -249,6 +259,8 @@ def pool_class(mode: Any, label: str = "Pool2D") -> type[Pool2D]:
 
 
 HEIGHT, WIDTH = 1, 2
+# Bytes of max pooling's temporaries per chunk (its input's rows reduced f-fold): in cache.
+POOL_CHUNK_BYTES = 2**20
 
 
 def _take(axis: int, k: int, n_out: int, stride: int) -> tuple[slice, ...]:
@@ -301,6 +313,16 @@ def _max_backward_along(
             claimed |= first
 
 
+def _chunks(X: np.ndarray, f: int) -> tuple[int, int]:
+    """Examples per chunk of max pooling's input (or input gradient) X (m, ...) for windows
+    of f rows, and the bytes of X (``parallel.over_chunks``): a chunk's temporaries, f times
+    smaller than its input, stay in cache, and each thread has at least one chunk. (Results
+    do not depend on the chunks: nothing is summed across them.)"""
+    m = X.shape[0]
+    chunk = max(1, POOL_CHUNK_BYTES * f // max(1, X[0].nbytes))
+    return min(chunk, math.ceil(m / parallel.num_threads())), X.nbytes
+
+
 def _max_rows_with_first(
     X: np.ndarray, f: int, stride: int, H: np.ndarray, R: np.ndarray
 ) -> None:
@@ -311,61 +333,100 @@ def _max_rows_with_first(
     over whole image rows.
     """
     n_H = H.shape[1]
-    np.copyto(H, X[_take(HEIGHT, 0, n_H, stride)])
+    first = X[_take(HEIGHT, 0, n_H, stride)]
+    if f == 2:  # one step: R is whether the second row is strictly greater
+        second = X[_take(HEIGHT, 1, n_H, stride)]
+        np.maximum(first, second, out=H)
+        np.greater(second, first, out=R.view(bool))
+        return
+    np.copyto(H, first)
     R.fill(0)
     above = np.empty(H.shape, dtype=bool)
+    row = np.empty(R.shape, dtype=R.dtype)
     for i in range(1, f):
         X_i = X[_take(HEIGHT, i, n_H, stride)]
         np.greater(X_i, H, out=above)  # strictly: a tie keeps the earlier row
         np.maximum(H, X_i, out=H)
-        np.maximum(R, above * R.dtype.type(i), out=R)  # i is above every earlier row
+        np.multiply(above, R.dtype.type(i), out=row)  # i is above every earlier row
+        np.maximum(R, row, out=R)
 
 
-def _max_backward_routed(
-    H: np.ndarray, R: np.ndarray, A: np.ndarray, dout: np.ndarray, f: int, stride: int,
+def _column_windows(n_W_prev: int, n_W: int, f: int, stride: int) -> tuple[np.ndarray, ...]:
+    """For each input column: the window it belongs to (n_W_prev,) and whether a window
+    covers it at all (n_W_prev,) bool (not with stride > f, nor past the last window)."""
+    j = np.arange(n_W_prev)
+    covered = (j % stride < f) & (j // stride < n_W)
+    return np.minimum(j // stride, n_W - 1), covered
+
+
+def _under_columns(A: np.ndarray, f: int, stride: int, n_W_prev: int) -> np.ndarray:
+    """A (m, n_H, n_W, n_C) spread over the input columns: (m, n_H, n_W_prev, n_C), each
+    column holding its window's value (any window's under a column no window covers)."""
+    if stride == f and A.shape[2] * f == n_W_prev:  # windows tile the width
+        return np.repeat(A, f, axis=2)
+    return np.take(A, _column_windows(n_W_prev, A.shape[2], f, stride)[0], axis=2)
+
+
+def _mark_first_columns(
+    H: np.ndarray, R: np.ndarray, A: np.ndarray, f: int, stride: int, columns: np.ndarray
+) -> None:
+    """Mark, for each window of A (m, n_H, n_W, n_C), the window column holding its first
+    maximum in row-major order: ``columns`` (m, n_H, n_W_prev, n_C) bool, from the column
+    maxima H and their first rows R (same shape).
+
+    A column holds the window's maximum where H equals A spread under the columns: one
+    comparison over whole rows. Only when some window has another number of such columns
+    than one (a tie, or NaN) are those kept that come first (``_keep_first_columns``).
+    """
+    np.equal(H, _under_columns(A, f, stride, H.shape[2]), out=columns)
+    if not (stride == f and A.shape[2] * f == H.shape[2]):
+        columns &= _column_windows(H.shape[2], A.shape[2], f, stride)[1][:, None]
+    if np.count_nonzero(columns) != A.size or np.isnan(A).any():
+        _keep_first_columns(columns, R, f, stride, A.shape[2])
+
+
+def _keep_first_columns(
+    columns: np.ndarray, R: np.ndarray, f: int, stride: int, n_W: int
+) -> None:
+    """Where a window has several columns marked (tied maxima), keep the one whose maximum
+    comes first in row-major order, the smallest ``row * f + column``; a window with none
+    (NaN) gets its first column, so that its gradient stays inside it."""
+    marked = [columns[_take(WIDTH, j, n_W, stride)] for j in range(f)]  # (m, n_H, n_W, n_C)
+    keys = [
+        np.where(marked[j], R[_take(WIDTH, j, n_W, stride)].astype(np.int64) * f + j, f * f)
+        for j in range(f)
+    ]
+    first = np.minimum.reduce(keys)
+    for j in range(f):
+        marked[j][...] = np.where(first == f * f, j == 0, keys[j] == first)
+
+
+def _route_to_first_max(
+    dout: np.ndarray, columns: np.ndarray, R: np.ndarray, f: int, stride: int,
     dX: np.ndarray,
 ) -> None:
-    """Max-pool backward for windows that do not overlap (stride >= f): store each
-    window's gradient at its first maximum in row-major order, zeros elsewhere.
+    """Max-pool backward for windows that do not overlap: store each window's gradient
+    (dout, (m, n_H, n_W, n_C)) at its first maximum in row-major order, zeros elsewhere,
+    into dX (m, n_H_prev, n_W_prev, n_C).
 
-    H and R (m, n_H, n_W_prev, n_C) are the column maxima and their first rows (from
-    ``_max_rows_with_first``), A (m, n_H, n_W, n_C) the output; dout is shaped like A.
-    Writes dX (contiguous, (m, n_H_prev, n_W_prev, n_C)). Window column j holds the
-    window's maximum where H equals A; it first does so in row R, at window position
-    ``R*f + j``; the smallest such position is the window's first maximum. Everything
-    runs at the size of H or of the output, f times smaller than dX.
+    From the forward's ``columns`` and R (m, n_H, n_W_prev, n_C): the gradient goes under
+    the window's marked column (dH), then down that column to row R. Every step runs over
+    whole image rows.
     """
-    m, n_H, n_W, n_C = A.shape
-    n_H_prev, n_W_prev = dX.shape[1:3]
-    # A_up, shaped like H: each window's maximum under each of its columns, NaN under the
-    # columns that no window covers (equal to nothing)
-    if stride == f and n_W * f == n_W_prev:
-        A_up = np.repeat(A, f, axis=2)
-    else:
-        A_up = np.full(H.shape, np.nan, dtype=A.dtype)
-        for j in range(f):
-            A_up[_take(WIDTH, j, n_W, stride)] = A
-    # key, shaped like H: window position R*f + j of each column's first maximum, plus
-    # f*f (more than any position) where the column does not hold the window's maximum
-    j_of_column = np.repeat(np.arange(n_W_prev) % stride, n_C).reshape(n_W_prev, n_C)
-    key = R * np.int32(f) + j_of_column  # int32 (m, n_H, n_W_prev, n_C)
-    key += np.not_equal(H, A_up) * np.int32(f * f)
-    best = key[_take(WIDTH, 0, n_W, stride)].copy()  # (m, n_H, n_W, n_C)
-    for j in range(1, f):
-        np.minimum(best, key[_take(WIDTH, j, n_W, stride)], out=best)
-    np.minimum(best, f * f - 1, out=best)  # no maximum found (NaN input): stay in the window
-    # flat index into dX of each window's first element, plus the offset of position i*f + j
-    row = n_W_prev * n_C
-    corner = (
-        (np.arange(m)[:, None, None, None] * n_H_prev + np.arange(n_H)[:, None, None] * stride)
-        * row
-        + np.arange(n_W)[:, None] * (stride * n_C)
-        + np.arange(n_C)
-    )
-    offset = (np.arange(f)[:, None] * row + np.arange(f) * n_C).reshape(-1)  # (f*f,)
-    dX_flat = dX.reshape(-1)  # a view: dX is contiguous
-    dX_flat[...] = 0
-    dX_flat[corner + offset[best]] = dout
+    n_H = dout.shape[1]
+    dH = _under_columns(dout, f, stride, dX.shape[2])  # (m, n_H, n_W_prev, n_C)
+    dH *= columns
+    if not (stride == f and n_H * f == dX.shape[1]):  # rows that no window covers
+        dX[...] = 0
+    if f == 2:  # R is whether the second row holds the maximum: the rest is the first's
+        second = dX[_take(HEIGHT, 1, n_H, stride)]
+        np.multiply(dH, R.view(bool), out=second)
+        np.subtract(dH, second, out=dX[_take(HEIGHT, 0, n_H, stride)])
+        return
+    in_row = np.empty(R.shape, dtype=bool)
+    for i in range(f):
+        np.equal(R, i, out=in_row)
+        np.multiply(dH, in_row, out=dX[_take(HEIGHT, i, n_H, stride)])
 
 
 def _mean_backward_along(
