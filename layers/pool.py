@@ -382,23 +382,40 @@ def _mark_first_columns(
     if not (stride == f and A.shape[2] * f == H.shape[2]):
         columns &= _column_windows(H.shape[2], A.shape[2], f, stride)[1][:, None]
     if np.count_nonzero(columns) != A.size or np.isnan(A).any():
-        _keep_first_columns(columns, R, f, stride, A.shape[2])
+        _keep_first_columns(columns, R, A, f, stride)
 
 
 def _keep_first_columns(
-    columns: np.ndarray, R: np.ndarray, f: int, stride: int, n_W: int
+    columns: np.ndarray, R: np.ndarray, A: np.ndarray, f: int, stride: int
 ) -> None:
-    """Where a window has several columns marked (tied maxima), keep the one whose maximum
-    comes first in row-major order, the smallest ``row * f + column``; a window with none
-    (NaN) gets its first column, so that its gradient stays inside it."""
-    marked = [columns[_take(WIDTH, j, n_W, stride)] for j in range(f)]  # (m, n_H, n_W, n_C)
-    keys = [
-        np.where(marked[j], R[_take(WIDTH, j, n_W, stride)].astype(np.int64) * f + j, f * f)
-        for j in range(f)
-    ]
-    first = np.minimum.reduce(keys)
-    for j in range(f):
-        marked[j][...] = np.where(first == f * f, j == 0, keys[j] == first)
+    """Fix the windows of A (m, n_H, n_W, n_C) that have other than one column marked in
+    ``columns`` (m, n_H, n_W_prev, n_C): of tied columns keep the one whose maximum comes
+    first in row-major order, the smallest ``R * f + j``; give a window with none (NaN) its
+    first column, so that its gradient stays inside it.
+
+    Photographs tie often (saturated regions give equal windows) but in few windows: those
+    are found by comparing each column with the next ones over whole rows, and only they
+    are touched.
+    """
+    m, n_H, n_W, n_C = A.shape
+    n_W_prev = columns.shape[2]
+    rows = columns.reshape(m * n_H, n_W_prev * n_C)  # a view: one image row of windows each
+    found = [np.flatnonzero(np.isnan(A))]  # windows, as flat indices into A
+    for k in range(1, f):  # columns w and w + k of one window, both marked
+        w = np.arange(n_W_prev - k)
+        same = np.repeat(w % stride + k < f, n_C)  # (w, channel): w + k in w's window
+        both = rows[:, : (n_W_prev - k) * n_C] & rows[:, k * n_C :]
+        both &= same
+        row, at = np.divmod(np.flatnonzero(both), (n_W_prev - k) * n_C)
+        found.append((row * n_W + at // n_C // stride) * n_C + at % n_C)
+    windows = np.unique(np.concatenate(found))
+    row, ch = windows // (n_W * n_C), windows % n_C
+    column = (windows // n_C % n_W)[:, None] * stride + np.arange(f)  # (windows, f)
+    at = (row[:, None] * n_W_prev + column) * n_C + ch[:, None]  # into columns and R, flat
+    marked = columns.reshape(-1)[at]
+    key = np.where(marked, R.reshape(-1)[at].astype(np.int64) * f + np.arange(f), f * f)
+    first = key.min(axis=1, keepdims=True)
+    columns.reshape(-1)[at] = np.where(first == f * f, np.arange(f) == 0, key == first)
 
 
 def _route_to_first_max(
