@@ -36,6 +36,7 @@ import numpy as np
 from hydra import compose, initialize_config_module
 
 from bench.layers_bench import limit_threads
+from layers.conv_pool import ConvPool
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Adam
@@ -148,8 +149,10 @@ def ours_epochs(net: Network, x: np.ndarray, y: np.ndarray, perms: list[np.ndarr
 
 def layer_times(net: Network, x: np.ndarray, y: np.ndarray, perm: np.ndarray,
                 batch_size: int) -> dict[str, dict[str, float]]:
-    """One more epoch with each layer's forward and backward timed: {layer: {"forward": s,
-    "backward": s}}; the rest of the epoch (the loss, Adam, slicing) under "(rest)"."""
+    """One more epoch with each step's forward and backward timed: {step: {"forward": s,
+    "backward": s}}, a step being a layer or a conv and its pool run together
+    (``conv2+pool2``, ``Network.steps``); the rest of the epoch (the loss, Adam, slicing)
+    under "(rest)"."""
     spent: dict[str, dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
 
     def timed(name: str, kind: str, method: Callable) -> Callable:
@@ -160,22 +163,29 @@ def layer_times(net: Network, x: np.ndarray, y: np.ndarray, perm: np.ndarray,
             return out
         return run
 
-    for layer in net.layers:  # instance attributes shadow the methods for this epoch
-        layer.forward = timed(layer.name, "forward", layer.forward)
-        layer.backward = timed(layer.name, "backward", layer.backward)
+    for step in net.steps:  # instance attributes shadow the methods for this epoch
+        step.forward = timed(step.name, "forward", step.forward)
+        step.backward = timed(step.name, "backward", step.backward)
     t0 = clock()
     ours_epochs(net, x, y, [perm], batch_size)
     total = clock() - t0
-    for layer in net.layers:
-        del layer.forward, layer.backward
+    for step in net.steps:
+        del step.forward, step.backward
     spent["(rest)"]["forward"] = total - sum(v["forward"] + v["backward"] for v in spent.values())
     return dict(spent)
 
 
 def layer_flops(net: Network, m: int) -> dict[str, dict[str, float]]:
-    """The multiply-adds (x2) of each conv and dense layer in an epoch of ``m`` images:
-    {layer: {"forward": flop, "backward": flop}}. A backward pass is the weights' gradient
-    plus the input's, which the first layer skips (``Network.backward``)."""
+    """The multiply-adds (x2) of each conv and dense layer in an epoch of ``m`` images, as
+    the direct sum counts them, by step (``layer_times``): {step: {"forward": flop,
+    "backward": flop}}. A backward pass is the weights' gradient plus the input's, which
+    the first layer skips (``Network.backward``). A conv run with its pool (by Winograd's
+    algorithm, fewer multiplications) is counted as the direct sum: its rate is the direct
+    sum's work over its time."""
+    step_of = {}
+    for step in net.steps:
+        for layer in (step.conv, step.pool) if isinstance(step, ConvPool) else (step,):
+            step_of[layer.name] = step.name
     flops = {}
     for i, layer in enumerate(net.layers):
         shape_in = net.input_shape if i == 0 else net.shapes[i - 1]
@@ -186,7 +196,8 @@ def layer_flops(net: Network, m: int) -> dict[str, dict[str, float]]:
             forward = 2.0 * m * shape_in[-1] * shape_out[-1]
         else:
             continue
-        flops[layer.name] = {"forward": forward, "backward": forward * (1 if i == 0 else 2)}
+        flops[step_of[layer.name]] = {"forward": forward,
+                                    "backward": forward * (1 if i == 0 else 2)}
     return flops
 
 
@@ -219,7 +230,7 @@ def main() -> None:
     else:
         times, loss, acc = ours_epochs(net, x, y, perms, args.batch_size)
         result["layers"] = layer_times(net, x, y, perms[-1], args.batch_size)
-        result["kinds"] = {layer.name: type(layer).__name__ for layer in net.layers}
+        result["kinds"] = {step.name: type(step).__name__ for step in net.steps}
         result["flops"] = layer_flops(net, len(x))
     result |= {"epochs": times[1:], "warmup": times[0], "loss": loss, "accuracy": acc}
     print(json.dumps(result))

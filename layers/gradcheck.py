@@ -3,6 +3,7 @@
     python -m layers.gradcheck                  # every layer kind, the loss and a network
     python -m layers.gradcheck conv --filters 4 --f 3 --stride 2 --pad same --input 7x7x3
     python -m layers.gradcheck pool --mode average --f 2 --stride 1
+    python -m layers.gradcheck convpool         # a conv and its pool run as one step
     python -m layers.gradcheck network          # every parameter, d(loss)/dX, d(score)/dX
     python -m layers.gradcheck conv --help      # a kind's options and defaults
 
@@ -39,6 +40,7 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.augment import RandomShift
 from layers.base import Layer, Shape, shape_str
 from layers.conv import Conv2D
+from layers.conv_pool import ConvPool
 from layers.dense import Dense
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
@@ -165,6 +167,33 @@ def check_layer(
     return [compare(repr(layer), what, analytic.get(what), loss, x) for what, x in arrays.items()]
 
 
+def check_conv_pool(
+    filters: int, mode: str, pad: int | str, input_shape: Shape, batch: int = 2, seed: int = 0
+) -> list[Result]:
+    """Check a 3x3 convolution and the 2x2 pool after it run as one step (``ConvPool``:
+    Winograd's algorithm, pooled phases), as a Network runs them: the input, W and b."""
+    rng = np.random.default_rng(seed)
+    conv, pool = Conv2D(filters, 3, 1, pad), Pool2D(2, 2, mode)
+    out_shape = pool.build(conv.build(input_shape, rng, np.float64), rng, np.float64)
+    if not ConvPool.fits(conv, pool, input_shape):
+        raise ValueError(f"ConvPool: {conv!r} then {pool!r} on input {shape_str(input_shape)}"
+                         " do not run together (ConvPool.fits)")
+    step = ConvPool(conv, pool)
+    check_size(f"{step!r} input", (batch, *input_shape))
+    X = spaced_input((batch, *input_shape), rng)
+    G = rng.standard_normal((batch, *out_shape))
+
+    def loss() -> float:
+        return float(np.sum(step.forward(X) * G))
+
+    loss()
+    analytic = {"input": np.array(step.backward(G))}
+    analytic |= {k: np.array(g) for k, g in conv.grads.items()}  # copies
+    arrays = {"input": X, **conv.params}
+    label = f"{conv!r} + {pool!r} (ConvPool)"
+    return [compare(label, what, analytic[what], loss, x) for what, x in arrays.items()]
+
+
 def check_loss(classes: int = 5, batch: int = 4, seed: int = 0) -> list[Result]:
     """Check SoftmaxCrossEntropy's dL/dlogits on random logits (batch, classes)."""
     rng = np.random.default_rng(seed)
@@ -248,6 +277,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "conv": lambda a: check_layer(Conv2D(a.filters, a.f, a.stride, a.pad), a.input, a.batch,
                                   a.seed),
     "pool": lambda a: check_layer(Pool2D(a.f, a.stride, a.mode), a.input, a.batch, a.seed),
+    "convpool": lambda a: check_conv_pool(a.filters, a.mode, a.pad, a.input, a.batch, a.seed),
     "dense": lambda a: check_layer(Dense(a.units), a.input, a.batch, a.seed),
     "relu": lambda a: check_layer(ReLU(), a.input, a.batch, a.seed),
     "batchnorm": lambda a: check_layer(BatchNorm(a.momentum, a.eps), a.input, a.batch, a.seed),
@@ -267,6 +297,7 @@ ALL = [
     ["pool", "--f", "3", "--stride", "1"],  # max, overlapping windows
     ["pool", "--mode", "average"],
     ["pool", "--mode", "average", "--f", "3", "--stride", "1"],
+    ["convpool"], ["convpool", "--mode", "average", "--pad", "0", "--input", "7x6x8"],
     ["dense"], ["relu"], ["batchnorm"], ["batchnorm", "--input", "5"],  # images, vectors
     ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],
 ]
@@ -333,6 +364,11 @@ def make_parser() -> argparse.ArgumentParser:
     pool.add_argument("--mode", choices=POOL_MODES, default="max")
     pool.add_argument("--f", type=int, default=2, help="window height and width")
     pool.add_argument("--stride", type=int, help="step between windows (None: f)")
+    conv_pool = kind("convpool", "a 3x3 Conv2D and the 2x2 pool after it run as one step "
+                     "(ConvPool, Winograd): the input, W and b", "6x6x8")
+    conv_pool.add_argument("--filters", type=int, default=3, help="output channels")
+    conv_pool.add_argument("--mode", choices=POOL_MODES, default="max")
+    conv_pool.add_argument("--pad", type=pad_arg, default="same", help="an int, same or valid")
     kind("dense", "Dense: the input, W and b", "5").add_argument("--units", type=int, default=4)
     kind("relu", "ReLU: the input", "3x3x2")
     norm = kind("batchnorm", "BatchNorm in training (batch statistics): the input, gamma and "

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
+from layers.conv_pool import ConvPool
 from layers.losses import softmax
 from layers.parallel import one_blas_thread
 
@@ -29,6 +30,28 @@ def check_same_arrays(
             f"cannot load {source} into this network: missing {missing}; "
             f"unexpected {unexpected}; wrong shape [{'; '.join(wrong)}]"
         )
+
+
+def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Layer | ConvPool]:
+    """The steps a network runs: its layers in order, except that a convolution and the
+    pooling after it become one ``ConvPool`` where it fits (``ConvPool.fits`` on the conv's
+    per-example input shape, from ``input_shapes``)."""
+    steps: list[Layer | ConvPool] = []
+    i = 0
+    while i < len(layers):
+        pair = layers[i : i + 2]
+        if len(pair) == 2 and ConvPool.fits(*pair, input_shapes[i]):
+            steps.append(ConvPool(*pair))
+            i += 2
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
+
+
+def _params_of(step: Layer | ConvPool) -> dict[str, np.ndarray]:
+    """A step's parameters: a layer's own, a ConvPool's conv's."""
+    return step.conv.params if isinstance(step, ConvPool) else step.params
 
 
 class Network:
@@ -53,6 +76,7 @@ class Network:
         self.input_shape: Shape | None = None
         self.shapes: list[Shape] = []  # per-example output shape of every layer
         self.dtype = np.dtype(np.float32)
+        self.steps: list[Layer | ConvPool] = []  # what forward runs: see ``build``
 
     # -- building and running -----------------------------------------------------------
     def build(
@@ -73,6 +97,7 @@ class Network:
         for layer in self.layers:
             shape = layer.build(shape, rng, self.dtype)
             self.shapes.append(shape)
+        self.steps = fused_steps(self.layers, [self.input_shape, *self.shapes])
         return shape
 
     @property
@@ -108,8 +133,8 @@ class Network:
 
     def _run(self, X: np.ndarray, training: bool) -> np.ndarray:
         with one_blas_thread():  # the layers' own threads share the batch out (parallel.py)
-            for layer in self.layers:
-                X = layer.forward(X, training)
+            for step in self.steps:
+                X = step.forward(X, training)
         return X
 
     def backward(self, dout: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
@@ -119,10 +144,16 @@ class Network:
         of the input) and None is returned. With ``input_grad=True`` the gradient reaches
         the input: dX (m, *input_shape) is returned. For a saliency map, ``dout`` is the
         one-hot of each example's class, so dX is d(class score)/dX.
+
+        Without ``input_grad``, the layers before the first one with parameters (a
+        RandomShift) are not run backward at all: nothing needs their gradients.
         """
+        steps = self.steps
+        first = 0 if input_grad else next(
+            (i for i, step in enumerate(steps) if _params_of(step)), len(steps))
         with one_blas_thread():
-            for i in range(len(self.layers) - 1, -1, -1):
-                dout = self.layers[i].backward(dout, input_grad=input_grad or i > 0)
+            for i in range(len(steps) - 1, first - 1, -1):
+                dout = steps[i].backward(dout, input_grad=input_grad or i > first)
         return dout if input_grad else None
 
     def predict(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -126,21 +126,28 @@ def test_whole_cnn_gradient_check(pool_mode: str) -> None:
 
 
 def test_first_layer_skips_input_gradient() -> None:
-    calls: list[bool] = []
+    """Training needs no dL/dX of the input: the first layer with parameters is told so,
+    and the parameter-free layers before it (a RandomShift) are not run backward at all."""
+    calls: list[tuple[str, bool]] = []
 
     class Spy(ReLU):
         def backward(self, dout, input_grad=True):
-            calls.append(input_grad)
+            calls.append((self.name, input_grad))
             return super().backward(dout, input_grad)
 
-    net = Network([Flatten(), Spy(), Dense(K), Spy()])
+    class DenseSpy(Dense):
+        def backward(self, dout, input_grad=True):
+            calls.append((self.name, input_grad))
+            return super().backward(dout, input_grad)
+
+    net = Network([Flatten(), Spy(name="a"), DenseSpy(K, name="dense"), Spy(name="b")])
     net.build(INPUT)
     net.backward(np.ones_like(net.forward(data()[0])))
-    assert calls == [True, True]
-    net = Network([Spy(), Flatten(), Dense(K)])
-    net.build(INPUT)
-    net.backward(np.ones_like(net.forward(data()[0])))
-    assert calls[-1] is False
+    assert calls == [("b", True), ("dense", False)]
+    calls.clear()
+    dX = net.backward(np.ones_like(net.forward(data()[0])), input_grad=True)
+    assert calls == [("b", True), ("dense", True), ("a", True)]
+    assert dX.shape == (len(data()[0]), *INPUT)
 
 
 # -- input checks ----------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def test_a_network_holds_blas_to_one_thread_while_it_computes(fresh_blas_control
         net = Network([probe, Dense(3, name="dense")])
         net.build((4,), seed=0, dtype=np.float64)
         net.forward(np.ones((2, 4)))
-        net.backward(np.ones((2, 3)))
+        net.backward(np.ones((2, 3)), input_grad=True)  # the probe, first, runs backward
         net.predict(np.ones((2, 4)))
         assert probe.seen == [1, 1, 1]
         assert blas_threads() == 2

@@ -1,0 +1,217 @@
+"""A 3x3 convolution and the 2x2 pooling after it, computed as one step.
+
+``ConvPool(conv, pool)`` runs a built ``Conv2D`` (f=3, stride 1) and the ``MaxPool2D`` or
+``AvgPool2D`` (f=2, stride 2) that follows it in a ``Network``: forward returns the pool's
+output, backward fills the conv's gradients and returns the gradient of the conv's input.
+The two layers stay what they are (their parameters, names, single forward and backward);
+only a ``Network`` runs them together, where ``fits`` says it can (``Network.build``).
+
+Why together: the convolution runs as Winograd's F(2x2, 3x3) (``layers.winograd``), which
+takes 16 multiplications per 2x2 output tile where im2col takes 36, and hands back its
+output as four phases ``Y[p, q]`` (T, n_C), pixel ``(2a + p, 2b + q)`` of tile (a, b). A
+2x2 pooling window with stride 2 is a tile, so pooling is four contiguous matrices::
+
+    max:      A = max(Y00, Y01, Y10, Y11), and which phase held the first maximum
+    average:  A = (Y00 + Y01 + Y10 + Y11) / 4
+
+and the convolution's output never exists in NHWC order, where a 2x2 window is four short
+runs of ``n_C`` values. The bias is added after pooling (``max(y + b) = max(y) + b``).
+
+For each chunk of examples, forward::
+
+    D = split_columns(X)                      # the padded input, columns split by parity
+    V = input_transform(D)                    # (16, T, n_C_prev), again in backward
+    M[i] = V[i] @ U[i]                        # (16, T, n_C), U = filter_transform(W)
+    Y = OUTPUT @ M                            # (4, T, n_C): the output's phases
+    A = pool(Y) + b                           # (T, n_C) = (c, n_a, n_b, n_C)
+
+and backward, from dA::
+
+    dY = the pool's gradient                  # (4, T, n_C)
+    dM = OUTPUT.T @ dY                        # (16, T, n_C)
+    dU[i] = V[i].T @ dM[i]                    # summed over chunks; dW = filter_adjoint(dU)
+    dV[i] = dM[i] @ U[i].T                    # (16, T, n_C_prev)
+    dX = join_columns(input_adjoint(dV))
+
+A max-pool window's gradient goes to its first maximum in row-major order, the phases'
+order, as ``MaxPool2D`` does. The result equals ``pool.forward(conv.forward(X))`` up to
+float rounding (``tests/layers/test_conv_pool_fused.py`` checks it against the reference
+loops in float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from layers import parallel
+from layers.conv import Conv2D
+from layers.parallel import reused, thread_buffers
+from layers.pool import AvgPool2D, MaxPool2D, Pool2D
+from layers.winograd import (
+    OUTPUT,
+    filter_adjoint,
+    filter_transform,
+    input_adjoint,
+    input_transform,
+    join_columns,
+    split_columns,
+    split_shape,
+    tiles,
+)
+
+# Input channels from which Winograd's transforms pay for themselves: with fewer, its 16
+# matrix products are too thin for BLAS (a network's first layer keeps im2col).
+MIN_CHANNELS = 8
+# Bytes of transformed tiles (V and M) per chunk: they stay in cache between the steps.
+CHUNK_BYTES = 4 * 2**20
+
+
+class ConvPool:
+    """``conv`` then ``pool``, computed together (see the module's docstring)."""
+
+    def __init__(self, conv: Conv2D, pool: Pool2D) -> None:
+        self.conv, self.pool = conv, pool
+        self.name = f"{conv.name}+{pool.name}"
+        # the input X, the transformed filters U and, for max pooling, the phase of each
+        # window's first maximum (m, n_a, n_b, n_C)
+        self.cache: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+
+    @staticmethod
+    def fits(conv: object, pool: object, input_shape: tuple[int, ...]) -> bool:
+        """True when ``conv`` then ``pool`` can run together on inputs of ``input_shape``
+        (n_H, n_W, n_C): a 3x3 stride-1 Conv2D with at least ``MIN_CHANNELS`` input channels
+        and an output of at least 2x2, then a 2x2 max or average pool with stride 2."""
+        if not (isinstance(conv, Conv2D) and isinstance(pool, MaxPool2D | AvgPool2D)):
+            return False
+        if (conv.f, conv.stride, pool.f, pool.stride) != (3, 1, 2, 2):
+            return False
+        n_H, n_W, _ = conv.output_shape(input_shape)
+        return input_shape[2] >= MIN_CHANNELS and min(n_H, n_W) >= 2
+
+    def __repr__(self) -> str:
+        return f"ConvPool({self.conv!r}, {self.pool!r})"
+
+    def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int]:
+        """For inputs of ``x_shape`` (m, n_H_prev, n_W_prev, n_C_prev): the tiles (n_a, n_b)
+        per example, the padding before the rows and columns, the examples per chunk, and
+        the bytes of the whole batch's transformed tiles (V and M)."""
+        n_H, n_W, n_C = self.conv.output_shape(x_shape[1:])
+        n_a, n_b = tiles(n_H, n_W)
+        top, _, left, _ = self.conv.padding(*x_shape[1:3])
+        example = 16 * n_a * n_b * (x_shape[3] + n_C) * np.dtype(self.conv.dtype).itemsize
+        chunk = parallel.chunk_size(x_shape[0], example, CHUNK_BYTES)
+        return n_a, n_b, top, left, chunk, x_shape[0] * example
+
+    def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
+        """X (m, n_H_prev, n_W_prev, n_C_prev) -> the pool's output A (m, n_a, n_b, n_C)."""
+        conv, dtype = self.conv, self.conv.dtype
+        conv.check_input(X)
+        m, n_C = X.shape[0], conv.filters
+        n_a, n_b, top, left, chunk, nbytes = self._geometry(X.shape)
+        T = n_a * n_b  # tiles per example
+        U = filter_transform(conv.params["W"])  # (16, n_C_prev, n_C)
+        b = conv.params["b"].reshape(n_C)
+        output = OUTPUT.astype(dtype)
+        A = np.empty((m, n_a, n_b, n_C), dtype=dtype)
+        first = np.empty(A.shape, np.uint8) if isinstance(self.pool, MaxPool2D) else None
+
+        def forward_chunk(k: int, start: int, stop: int) -> None:
+            c = stop - start
+            V = _tiles(X[start:stop], top, left, n_a, n_b)  # (16, c*T, n_C_prev)
+            M = reused(thread_buffers(), "M", (16, c * T, n_C), dtype)
+            np.matmul(V, U, out=M)
+            A_k = A[start:stop].reshape(c * T, n_C)  # a view: rows (example, a, b)
+            if first is None:  # average: one row of OUTPUT's mean over the four phases
+                np.matmul(output.mean(axis=0), M.reshape(16, -1), out=A_k.reshape(-1))
+            else:
+                Y = reused(thread_buffers(), "Y", (4, c * T, n_C), dtype)
+                np.matmul(output, M.reshape(16, -1), out=Y.reshape(4, -1))
+                _max_of_phases(Y, A_k, first[start:stop].reshape(c * T, n_C))
+            A_k += b
+
+        parallel.over_chunks(forward_chunk, m, chunk, nbytes)
+        self.cache = (X, U, first)
+        return A
+
+    def backward(self, dA: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """From dA (m, n_a, n_b, n_C): fill the conv's ``grads`` and return dX (m, n_H_prev,
+        n_W_prev, n_C_prev), or None when ``input_grad`` is False."""
+        if self.cache is None:
+            raise self.conv.error("backward called before forward")
+        X, U, first = self.cache
+        x_shape = X.shape
+        conv, dtype = self.conv, self.conv.dtype
+        m, n_C_prev, n_C = x_shape[0], x_shape[3], conv.filters
+        n_a, n_b, top, left, chunk, nbytes = self._geometry(x_shape)
+        if dA.shape != (m, n_a, n_b, n_C):
+            raise conv.error(f"gradient shape {dA.shape} does not match the pool's output")
+        T = n_a * n_b
+        U_T = U.transpose(0, 2, 1)  # (16, n_C, n_C_prev): forward's, W has not changed
+        output_T = OUTPUT.T.astype(dtype)  # (16, 4)
+        parts = math.ceil(m / chunk)
+        dU_parts = np.empty((parts, 16, n_C_prev, n_C), dtype=dtype)
+        db_parts = np.empty((parts, n_C), dtype=dtype)
+        ones = np.ones(chunk * T, dtype=dtype)
+        dX = np.empty(x_shape, dtype=dtype) if input_grad else None
+
+        def backward_chunk(k: int, start: int, stop: int) -> None:
+            c = stop - start
+            dA_k = np.ascontiguousarray(dA[start:stop]).reshape(c * T, n_C)
+            np.dot(ones[: c * T], dA_k, out=db_parts[k])
+            dM = reused(thread_buffers(), "dM", (16, c * T, n_C), dtype)
+            if first is None:  # average: each phase gets a quarter
+                np.multiply(output_T.mean(axis=1)[:, None], dA_k.reshape(1, -1),
+                            out=dM.reshape(16, -1))
+            else:
+                dY = reused(thread_buffers(), "dY", (4, c * T, n_C), dtype)
+                _route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), dY)
+                np.matmul(output_T, dY.reshape(4, -1), out=dM.reshape(16, -1))
+            V = _tiles(X[start:stop], top, left, n_a, n_b)  # again: cheaper than keeping it
+            np.matmul(V.transpose(0, 2, 1), dM, out=dU_parts[k])
+            if dX is not None:
+                dV = reused(thread_buffers(), "dV", (16, c * T, n_C_prev), dtype)
+                np.matmul(dM, U_T, out=dV)
+                dD = reused(thread_buffers(), "dsplit", split_shape(c, n_a, n_b, n_C_prev),
+                            dtype)
+                input_adjoint(dV.reshape(4, 4, c, n_a, n_b, n_C_prev), dD)
+                join_columns(dD, top, left, dX[start:stop])
+
+        parallel.over_chunks(backward_chunk, m, chunk, nbytes)
+        conv.grads["W"] = filter_adjoint(dU_parts.sum(axis=0))
+        conv.grads["b"] = db_parts.sum(axis=0).reshape(1, 1, 1, n_C)
+        return dX
+
+
+def _tiles(X: np.ndarray, top: int, left: int, n_a: int, n_b: int) -> np.ndarray:
+    """The transformed tiles V (16, c*n_a*n_b, n_C) of X (c, n_H_prev, n_W_prev, n_C) padded
+    by ``top`` rows and ``left`` columns, in this thread's scratch buffer."""
+    c, n_C = X.shape[0], X.shape[3]
+    D = reused(thread_buffers(), "split", split_shape(c, n_a, n_b, n_C), X.dtype)
+    V = reused(thread_buffers(), "V", (16, c * n_a * n_b, n_C), X.dtype)
+    input_transform(split_columns(X, top, left, D), V.reshape(4, 4, c, n_a, n_b, n_C))
+    return V
+
+
+def _max_of_phases(Y: np.ndarray, A: np.ndarray, first: np.ndarray) -> None:
+    """A (T, n_C) = the maximum of the four phases Y (4, T, n_C); ``first`` (T, n_C) uint8,
+    the first phase holding it (row-major within the window; a tie keeps the earlier)."""
+    np.maximum(Y[0], Y[1], out=A)
+    np.greater(Y[1], Y[0], out=first.view(bool))
+    above = np.empty(A.shape, dtype=bool)
+    phase = np.empty(first.shape, dtype=np.uint8)
+    for p in (2, 3):
+        np.greater(Y[p], A, out=above)  # strictly: a tie keeps the earlier phase
+        np.maximum(A, Y[p], out=A)
+        np.multiply(above, np.uint8(p), out=phase)  # p is above every earlier phase
+        np.maximum(first, phase, out=first)
+
+
+def _route_to_phases(dA: np.ndarray, first: np.ndarray, dY: np.ndarray) -> None:
+    """dY (4, T, n_C): each window's gradient dA (T, n_C) under the phase ``first`` (T, n_C)
+    holding its first maximum, zeros under the others."""
+    is_first = np.empty(first.shape, dtype=bool)
+    for p in range(4):
+        np.equal(first, p, out=is_first)
+        np.multiply(dA, is_first, out=dY[p])
