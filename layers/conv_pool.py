@@ -20,15 +20,15 @@ runs of ``n_C`` values. The bias is added after pooling (``max(y + b) = max(y) +
 For each chunk of examples, forward::
 
     D = split_columns(X)                      # the padded input, columns split by parity
-    V = input_transform(D)                    # (16, T, n_C_prev), again in backward
+    V = input_transform(D)                    # (16, T, n_C_prev), kept for backward
     M[i] = V[i] @ U[i]                        # (16, T, n_C), U = filter_transform(W)
     Y = OUTPUT @ M                            # (4, T, n_C): the output's phases
     A = pool(Y) + b                           # (T, n_C) = (c, n_a, n_b, n_C)
 
 and backward, from dA::
 
-    dY = the pool's gradient                  # (4, T, n_C)
-    dM = OUTPUT.T @ dY                        # (16, T, n_C)
+    dY = the pool's gradient                  # (4, T, n_C), the phases'
+    dM = OUTPUT.T @ dY                        # (16, T, n_C) (``output_adjoint``)
     dU[i] = V[i].T @ dM[i]                    # summed over chunks; dW = filter_adjoint(dU)
     dV[i] = dM[i] @ U[i].T                    # (16, T, n_C_prev)
     dX = join_columns(input_adjoint(dV))
@@ -50,12 +50,15 @@ from layers.conv import Conv2D
 from layers.parallel import reused, thread_buffers
 from layers.pool import AvgPool2D, MaxPool2D, Pool2D
 from layers.winograd import (
+    CORNERS,
     OUTPUT,
+    SIGNS,
     filter_adjoint,
     filter_transform,
     input_adjoint,
     input_transform,
     join_columns,
+    output_adjoint,
     split_columns,
     split_shape,
     tiles,
@@ -74,9 +77,11 @@ class ConvPool:
     def __init__(self, conv: Conv2D, pool: Pool2D) -> None:
         self.conv, self.pool = conv, pool
         self.name = f"{conv.name}+{pool.name}"
-        # the input X, the transformed filters U and, for max pooling, the phase of each
-        # window's first maximum (m, n_a, n_b, n_C)
-        self.cache: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        # the input X, the transformed filters U, the tiles V of the whole batch (training
+        # only: evaluation recomputes them if backward follows) and, for max pooling, the
+        # phase of each window's first maximum (m, n_a, n_b, n_C)
+        self.cache: tuple[np.ndarray, ...] | None = None
+        self._buffers: dict[str, np.ndarray] = {}  # reused from batch to batch: the tiles
 
     @staticmethod
     def fits(conv: object, pool: object, input_shape: tuple[int, ...]) -> bool:
@@ -117,9 +122,14 @@ class ConvPool:
         A = np.empty((m, n_a, n_b, n_C), dtype=dtype)
         first = np.empty(A.shape, np.uint8) if isinstance(self.pool, MaxPool2D) else None
 
+        per_example = (16, T, X.shape[3])
+        kept = reused(self._buffers, "V", (m * math.prod(per_example),), dtype) \
+            if training else None
+
         def forward_chunk(k: int, start: int, stop: int) -> None:
             c = stop - start
-            V = _tiles(X[start:stop], top, left, n_a, n_b)  # (16, c*T, n_C_prev)
+            V = _tiles(X[start:stop], top, left, n_a, n_b,
+                       None if kept is None else _chunk_of(kept, start, stop, per_example))
             M = reused(thread_buffers(), "M", (16, c * T, n_C), dtype)
             np.matmul(V, U, out=M)
             A_k = A[start:stop].reshape(c * T, n_C)  # a view: rows (example, a, b)
@@ -132,7 +142,7 @@ class ConvPool:
             A_k += b
 
         parallel.over_chunks(forward_chunk, m, chunk, nbytes)
-        self.cache = (X, U, first)
+        self.cache = (X, U, kept, first)
         return A
 
     def backward(self, dA: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -140,7 +150,7 @@ class ConvPool:
         n_W_prev, n_C_prev), or None when ``input_grad`` is False."""
         if self.cache is None:
             raise self.conv.error("backward called before forward")
-        X, U, first = self.cache
+        X, U, kept, first = self.cache
         x_shape = X.shape
         conv, dtype = self.conv, self.conv.dtype
         m, n_C_prev, n_C = x_shape[0], x_shape[3], conv.filters
@@ -148,8 +158,9 @@ class ConvPool:
         if dA.shape != (m, n_a, n_b, n_C):
             raise conv.error(f"gradient shape {dA.shape} does not match the pool's output")
         T = n_a * n_b
-        U_T = U.transpose(0, 2, 1)  # (16, n_C, n_C_prev): forward's, W has not changed
-        output_T = OUTPUT.T.astype(dtype)  # (16, 4)
+        signs = SIGNS.astype(dtype)[:, None, None]  # (16, 1, 1): output_adjoint's
+        U_T = (U * signs).transpose(0, 2, 1)  # (16, n_C, n_C_prev): forward's, W unchanged
+        quarter = (OUTPUT.mean(axis=0) * SIGNS).astype(dtype)[:, None]  # (16, 1): average
         parts = math.ceil(m / chunk)
         dU_parts = np.empty((parts, 16, n_C_prev, n_C), dtype=dtype)
         db_parts = np.empty((parts, n_C), dtype=dtype)
@@ -160,16 +171,16 @@ class ConvPool:
             c = stop - start
             dA_k = np.ascontiguousarray(dA[start:stop]).reshape(c * T, n_C)
             np.dot(ones[: c * T], dA_k, out=db_parts[k])
-            dM = reused(thread_buffers(), "dM", (16, c * T, n_C), dtype)
+            dM = reused(thread_buffers(), "dM", (16, c * T, n_C), dtype)  # times SIGNS
             if first is None:  # average: each phase gets a quarter
-                np.multiply(output_T.mean(axis=1)[:, None], dA_k.reshape(1, -1),
-                            out=dM.reshape(16, -1))
+                np.multiply(quarter, dA_k.reshape(1, -1), out=dM.reshape(16, -1))
             else:
-                dY = reused(thread_buffers(), "dY", (4, c * T, n_C), dtype)
-                _route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), dY)
-                np.matmul(output_T, dY.reshape(4, -1), out=dM.reshape(16, -1))
-            V = _tiles(X[start:stop], top, left, n_a, n_b)  # again: cheaper than keeping it
+                _route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), dM)
+                output_adjoint(dM)
+            V = _tiles(X[start:stop], top, left, n_a, n_b) if kept is None else \
+                _chunk_of(kept, start, stop, (16, T, n_C_prev))
             np.matmul(V.transpose(0, 2, 1), dM, out=dU_parts[k])
+            dU_parts[k] *= signs
             if dX is not None:
                 dV = reused(thread_buffers(), "dV", (16, c * T, n_C_prev), dtype)
                 np.matmul(dM, U_T, out=dV)
@@ -184,14 +195,25 @@ class ConvPool:
         return dX
 
 
-def _tiles(X: np.ndarray, top: int, left: int, n_a: int, n_b: int) -> np.ndarray:
+def _tiles(X: np.ndarray, top: int, left: int, n_a: int, n_b: int,
+           out: np.ndarray | None = None) -> np.ndarray:
     """The transformed tiles V (16, c*n_a*n_b, n_C) of X (c, n_H_prev, n_W_prev, n_C) padded
-    by ``top`` rows and ``left`` columns, in this thread's scratch buffer."""
+    by ``top`` rows and ``left`` columns: in ``out`` if given, else in this thread's scratch
+    buffer."""
     c, n_C = X.shape[0], X.shape[3]
     D = reused(thread_buffers(), "split", split_shape(c, n_a, n_b, n_C), X.dtype)
-    V = reused(thread_buffers(), "V", (16, c * n_a * n_b, n_C), X.dtype)
+    V = reused(thread_buffers(), "V", (16, c * n_a * n_b, n_C), X.dtype) if out is None else out
     input_transform(split_columns(X, top, left, D), V.reshape(4, 4, c, n_a, n_b, n_C))
     return V
+
+
+def _chunk_of(V_all: np.ndarray, start: int, stop: int, per_example: tuple[int, int, int]
+              ) -> np.ndarray:
+    """Examples ``start:stop``'s tiles in the batch's buffer ``V_all``: (16, c*T, n_C) for
+    ``per_example`` (16, T, n_C), contiguous."""
+    size = math.prod(per_example)
+    i, T, n = per_example
+    return V_all[start * size : stop * size].reshape(i, (stop - start) * T, n)
 
 
 def _max_of_phases(Y: np.ndarray, A: np.ndarray, first: np.ndarray) -> None:
@@ -208,10 +230,11 @@ def _max_of_phases(Y: np.ndarray, A: np.ndarray, first: np.ndarray) -> None:
         np.maximum(first, phase, out=first)
 
 
-def _route_to_phases(dA: np.ndarray, first: np.ndarray, dY: np.ndarray) -> None:
-    """dY (4, T, n_C): each window's gradient dA (T, n_C) under the phase ``first`` (T, n_C)
-    holding its first maximum, zeros under the others."""
+def _route_to_phases(dA: np.ndarray, first: np.ndarray, dM: np.ndarray) -> None:
+    """Each window's gradient dA (T, n_C) under the phase ``first`` (T, n_C) holding its
+    first maximum, zeros under the others: the phases' gradients, written where
+    ``output_adjoint`` takes them, at ``CORNERS`` of dM (16, T, n_C)."""
     is_first = np.empty(first.shape, dtype=bool)
-    for p in range(4):
+    for p, corner in enumerate(CORNERS):
         np.equal(first, p, out=is_first)
-        np.multiply(dA, is_first, out=dY[p])
+        np.multiply(dA, is_first, out=dM[corner])

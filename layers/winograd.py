@@ -44,6 +44,12 @@ FILTER = np.kron(G, G)  # (16, 9): U = FILTER @ W.reshape(9, -1)
 OUTPUT = np.kron(A_T, A_T)  # (4, 16): Y = OUTPUT @ M.reshape(16, -1)
 
 
+# ``output_adjoint`` leaves out the signs of A^T's last column (0, -1): it gives dM * SIGNS
+SIGNS = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16)
+# where ``output_adjoint`` takes the gradients of the phases Y[0, 0], Y[0, 1], Y[1, 0], Y[1, 1]
+CORNERS = (0, 3, 12, 15)  # positions (0, 0), (0, 3), (3, 0), (3, 3) of the 4x4 tile
+
+
 def tiles(n_H: int, n_W: int) -> tuple[int, int]:
     """Whole 2x2 tiles ``(n_a, n_b)`` in an output of ``n_H x n_W`` (a last odd row or column
     is left out: a 2x2 pooling window never reaches it)."""
@@ -62,6 +68,23 @@ def filter_adjoint(dU: np.ndarray) -> np.ndarray:
     n_C), in dU's dtype (computed in float64)."""
     dW = FILTER.T @ dU.reshape(16, -1).astype(np.float64)  # (9, n_C_prev * n_C)
     return dW.astype(dU.dtype).reshape(3, 3, *dU.shape[1:])
+
+
+def output_adjoint(dM: np.ndarray) -> None:
+    """The gradient of the output transform, in place and up to ``SIGNS``: dM (16, T, n_C)
+    holds on entry, at ``CORNERS``, the gradients of the four phases dY[p, q]; on exit
+    ``dM[i] * SIGNS[i] = sum_pq OUTPUT[pq, i] dY[p, q]`` for all 16.
+
+    A^T's columns are (1, 0), (1, 1), (1, -1), (0, -1): along each axis the gradient of a
+    tile's four values is (d0, d0 + d1, d0 - d1, -d1) from its two outputs' (d0, d1). Leaving
+    the minus signs to the products that follow (``SIGNS``) saves passes.
+    """
+    dM4 = dM.reshape(4, 4, *dM.shape[1:])
+    for k in (0, 3):  # along the width, in the two rows the corners are in
+        np.add(dM4[k, 0], dM4[k, 3], out=dM4[k, 1])
+        np.subtract(dM4[k, 0], dM4[k, 3], out=dM4[k, 2])
+    np.add(dM4[0], dM4[3], out=dM4[1])  # along the height
+    np.subtract(dM4[0], dM4[3], out=dM4[2])
 
 
 def split_shape(m: int, n_a: int, n_b: int, n_C: int) -> tuple[int, ...]:

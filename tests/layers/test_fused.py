@@ -37,6 +37,7 @@ from layers.winograd import (
     input_adjoint,
     input_transform,
     join_columns,
+    output_adjoint,
     split_columns,
     split_shape,
 )
@@ -101,6 +102,16 @@ def test_input_transform_is_b_transposed_d_b_of_every_tile_and_its_adjoint():
     dD = np.full(D.shape, np.nan)
     input_adjoint(dV, dD)
     assert np.isclose(np.sum(V * dV), np.sum(D * dD))
+
+
+def test_output_adjoint_is_output_transposed_up_to_the_signs():
+    rng = rng_for("output")
+    dY = rng.standard_normal((4, 6, 3))  # the phases' gradients (T=6, n_C=3)
+    dM = np.full((16, 6, 3), np.nan)
+    dM[list(CORNERS)] = dY
+    output_adjoint(dM)
+    expected = np.einsum("pi,ptc->itc", OUTPUT, dY)
+    np.testing.assert_allclose(dM * SIGNS[:, None, None], expected, rtol=0, atol=TOL)
 
 
 # -- ConvPool against the reference loops and PyTorch -------------------------------------
@@ -206,6 +217,22 @@ def test_float32_stays_float32_and_agrees_with_the_layers():
     np.testing.assert_allclose(A2, A, rtol=0, atol=1e-5)
     np.testing.assert_allclose(dX2, dX, rtol=0, atol=1e-5)
     np.testing.assert_allclose(conv.grads["W"], dW, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_backward_after_an_evaluation_forward_gives_the_same_gradients(mode):
+    """Saliency maps run backward after ``training=False``: the tiles, not kept then, are
+    computed again."""
+    rng = rng_for("evaluation", mode)
+    conv, pool = conv_and_pool(2, 8, 6, 8, 3, "same", mode, rng)
+    X = rng.standard_normal((2, 8, 6, 8))
+    step = ConvPool(conv, pool)
+    A = step.forward(X)
+    dA = rng.standard_normal(A.shape)
+    dX, dW = step.backward(dA), conv.grads["W"].copy()
+    np.testing.assert_array_equal(step.forward(X, training=False), A)
+    np.testing.assert_array_equal(step.backward(dA), dX)
+    np.testing.assert_array_equal(conv.grads["W"], dW)
 
 
 def test_backward_without_input_gradient_and_errors():
