@@ -30,7 +30,9 @@ from layers.pool import Pool2D
 from layers.winograd import (
     A_T,
     B_T,
+    CORNERS,
     OUTPUT,
+    SIGNS,
     G,
     filter_adjoint,
     filter_transform,
