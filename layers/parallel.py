@@ -162,12 +162,14 @@ def over_batch(work: Callable[[int, int], None], m: int, nbytes: int) -> None:
 def chunk_size(m: int, example_bytes: int, budget: int) -> int:
     """Examples per chunk for ``over_chunks``: a chunk of ``example_bytes`` per example stays
     near ``budget`` bytes (at least one example), and work big enough for threads (twice
-    ``MIN_BYTES_PER_THREAD``) is cut into at least ``MIN_CHUNKS`` chunks so that they share
-    it evenly. It depends on the shapes only, not on the number of threads: nor, then, do
-    results summed chunk by chunk."""
+    ``MIN_BYTES_PER_THREAD``) is cut into a multiple of ``MIN_CHUNKS`` chunks, so that 2, 4
+    or 8 threads get as many each (13 chunks on 2 threads leave one idle for a chunk in 13).
+    It depends on the shapes only, not on the number of threads: nor, then, do results
+    summed chunk by chunk."""
     chunk = max(1, budget // max(1, example_bytes))
     if m * example_bytes >= 2 * MIN_BYTES_PER_THREAD:
-        chunk = min(chunk, math.ceil(m / MIN_CHUNKS))
+        parts = math.ceil(math.ceil(m / chunk) / MIN_CHUNKS) * MIN_CHUNKS
+        chunk = math.ceil(m / parts)
     return chunk
 
 

@@ -110,6 +110,7 @@ def test_over_chunks_gives_each_thread_consecutive_chunks_in_order(threads):
     [
         (64, 1000, 10_000, 10),  # small work: the budget alone decides
         (1000, 10_000, 10**9, 125),  # work for threads: at least MIN_CHUNKS (8) chunks
+        (64, 10**5, 5 * 10**5, 4),  # 13 chunks of 5 would be: 16 of 4, a multiple of 8
         (64, 10**7, 10**6, 1),  # an example over budget: one per chunk
         (5, 0, 100, 100),  # empty examples: no division by zero
     ],
