@@ -36,7 +36,7 @@ import numpy as np
 from hydra import compose, initialize_config_module
 
 from bench.layers_bench import limit_threads
-from layers.conv_pool import ConvPool
+from layers.base import Layer
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.optim import Adam
@@ -184,7 +184,7 @@ def layer_flops(net: Network, m: int) -> dict[str, dict[str, float]]:
     sum's work over its time."""
     step_of = {}
     for step in net.steps:
-        for layer in (step.conv, step.pool) if isinstance(step, ConvPool) else (step,):
+        for layer in (step,) if isinstance(step, Layer) else (step.conv, step.pool):
             step_of[layer.name] = step.name
     flops = {}
     for i, layer in enumerate(net.layers):

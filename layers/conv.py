@@ -186,7 +186,7 @@ class Conv2D(Layer):
             add_bias(Z_chunk, b)  # while the chunk is still in cache
 
         parallel.over_chunks(forward_chunk, m, *self._chunks(m, positions))
-        self.cache = (X.shape, inputs, kept)
+        self.cache = (X, inputs, kept)
         return Z[:, :, :n_W, :] if self.planar else Z
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -197,7 +197,8 @@ class Conv2D(Layer):
         Each chunk of examples gives its own share of dW and db (summed in chunk order at
         the end) and writes its own examples of dA_prev.
         """
-        x_shape, inputs, kept = self.cache
+        X, inputs, kept = self.cache
+        x_shape = X.shape
         self.check_gradient(dout, x_shape)
         m, n_H, n_W, n_C = dout.shape
         f, W = self.f, self.params["W"]
@@ -233,6 +234,50 @@ class Conv2D(Layer):
             return None
         top, _, left, _ = padding
         return dA_pad[:, top : top + x_shape[1], left : left + x_shape[2], :]
+
+    def grads_at(
+        self, examples: slice, where: tuple[np.ndarray, ...], values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The weights' and the bias' gradients, W's (f, f, n_C_prev, n_C) and b's (n_C,),
+        that the last forward's ``examples`` give for a gradient dZ zero but at ``where``:
+        index arrays (example in ``examples``, row, column, channel) of one length L, of its
+        values ``values`` (L,). Only those outputs' windows are read, where ``backward``
+        reads all: a max pool after this layer sends it one value per pooling window
+        (``layers.first_conv_pool``)."""
+        example, row, column, channel = where
+        n_C, L = self.filters, len(values)
+        windows = self._windows(examples, example, row, column)  # (L, K)
+        by_channel = np.zeros((n_C, L), dtype=self.dtype)  # dZ's values, a row per channel
+        by_channel[channel, np.arange(L)] = values
+        dW = (by_channel @ windows).T.reshape(self.params["W"].shape)
+        db = np.bincount(channel, weights=values, minlength=n_C)  # float64 sums
+        return dW, db.astype(self.dtype)
+
+    def _windows(self, examples: slice, example: np.ndarray, row: np.ndarray,
+                 column: np.ndarray) -> np.ndarray:
+        """The last forward's input windows of outputs (example, row, column) (index arrays
+        of one length L; examples counted from ``examples.start``): (L, K), each laid out
+        like a row of ``W.reshape(K, n_C)``: (i, j, channel). Read from the padded input in
+        NHWC, where a window's rows are runs of ``f * n_C_prev`` values: the planar path,
+        whose planes would scatter them, pads X again into this thread's scratch buffer."""
+        X, inputs, _ = self.cache
+        if self.planar:
+            padding = self.padding(*X.shape[1:3])
+            shape = padded_shape(X[examples].shape, padding)
+            inputs = pad_images(X[examples], padding,
+                                reused(thread_buffers(), "padded", shape, X.dtype))
+        else:
+            inputs = np.ascontiguousarray(inputs[examples])  # a view, or X itself's copy
+        f, s = self.f, self.stride
+        per_example, per_row, per_column, _ = (st // inputs.itemsize for st in inputs.strides)
+        run = f * per_column  # a window's row: f pixels of n_C_prev values, contiguous
+        flat = inputs.reshape(-1)
+        runs = np.lib.stride_tricks.as_strided(  # (every start, run), a read-only view
+            flat, shape=(flat.size - run + 1, run), strides=(flat.itemsize, flat.itemsize),
+            writeable=False)
+        corner = example * per_example + row * (s * per_row) + column * (s * per_column)
+        starts = corner[:, None] + np.arange(f) * per_row  # (L, f): the window's rows
+        return runs[starts].reshape(len(corner), f * run)  # (L, K)
 
     # -- the pieces: padded input, chunks, im2col matrices ------------------------------
     def _padded_input(self, X: np.ndarray) -> tuple[np.ndarray, int]:

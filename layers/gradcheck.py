@@ -4,6 +4,7 @@
     python -m layers.gradcheck conv --filters 4 --f 3 --stride 2 --pad same --input 7x7x3
     python -m layers.gradcheck pool --mode average --f 2 --stride 1
     python -m layers.gradcheck convpool         # a conv and its pool run as one step
+    python -m layers.gradcheck firstconvpool    # a first conv and a large max pool, likewise
     python -m layers.gradcheck network          # every parameter, d(loss)/dX, d(score)/dX
     python -m layers.gradcheck conv --help      # a kind's options and defaults
 
@@ -42,6 +43,7 @@ from layers.base import Layer, Shape, shape_str
 from layers.conv import Conv2D
 from layers.conv_pool import ConvPool
 from layers.dense import Dense
+from layers.first_conv_pool import FirstConvPool
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.norm import BatchNorm
@@ -194,6 +196,32 @@ def check_conv_pool(
     return [compare(label, what, analytic[what], loss, x) for what, x in arrays.items()]
 
 
+def check_first_conv_pool(
+    filters: int, f: int, pool: int, input_shape: Shape, batch: int = 2, seed: int = 0
+) -> list[Result]:
+    """Check a network's first convolution and a large max pool after it run as one step
+    (``FirstConvPool``: the weights' gradient from the windows' maxima alone): W and b."""
+    rng = np.random.default_rng(seed)
+    conv, max_pool = Conv2D(filters, f, 1, "same"), Pool2D(pool)
+    out_shape = max_pool.build(conv.build(input_shape, rng, np.float64), rng, np.float64)
+    if not FirstConvPool.fits(conv, max_pool, input_shape):
+        raise ValueError(f"FirstConvPool: {max_pool!r} after {conv!r} does not fit "
+                         "(FirstConvPool.fits: a max pool of large windows, apart)")
+    step = FirstConvPool(conv, max_pool)
+    check_size(f"{step!r} input", (batch, *input_shape))
+    X = spaced_input((batch, *input_shape), rng)
+    G = rng.standard_normal((batch, *out_shape))
+
+    def loss() -> float:
+        return float(np.sum(step.forward(X) * G))
+
+    loss()
+    step.backward(G, input_grad=False)
+    analytic = {k: np.array(g) for k, g in conv.grads.items()}  # copies
+    label = f"{conv!r} + {max_pool!r} (FirstConvPool)"
+    return [compare(label, what, analytic[what], loss, x) for what, x in conv.params.items()]
+
+
 def check_loss(classes: int = 5, batch: int = 4, seed: int = 0) -> list[Result]:
     """Check SoftmaxCrossEntropy's dL/dlogits on random logits (batch, classes)."""
     rng = np.random.default_rng(seed)
@@ -278,6 +306,8 @@ CHECKS: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
                                   a.seed),
     "pool": lambda a: check_layer(Pool2D(a.f, a.stride, a.mode), a.input, a.batch, a.seed),
     "convpool": lambda a: check_conv_pool(a.filters, a.mode, a.pad, a.input, a.batch, a.seed),
+    "firstconvpool": lambda a: check_first_conv_pool(a.filters, a.f, a.pool, a.input,
+                                                     a.batch, a.seed),
     "dense": lambda a: check_layer(Dense(a.units), a.input, a.batch, a.seed),
     "relu": lambda a: check_layer(ReLU(), a.input, a.batch, a.seed),
     "batchnorm": lambda a: check_layer(BatchNorm(a.momentum, a.eps), a.input, a.batch, a.seed),
@@ -298,6 +328,7 @@ ALL = [
     ["pool", "--mode", "average"],
     ["pool", "--mode", "average", "--f", "3", "--stride", "1"],
     ["convpool"], ["convpool", "--mode", "average", "--pad", "0", "--input", "7x6x8"],
+    ["firstconvpool"],
     ["dense"], ["relu"], ["batchnorm"], ["batchnorm", "--input", "5"],  # images, vectors
     ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],
 ]
@@ -369,6 +400,12 @@ def make_parser() -> argparse.ArgumentParser:
     conv_pool.add_argument("--filters", type=int, default=3, help="output channels")
     conv_pool.add_argument("--mode", choices=POOL_MODES, default="max")
     conv_pool.add_argument("--pad", type=pad_arg, default="same", help="an int, same or valid")
+    first = kind("firstconvpool", "a first Conv2D ('same', stride 1) and the large max pool "
+                 "after it run as one step (FirstConvPool, no input gradient): W and b",
+                 "16x16x3")
+    first.add_argument("--filters", type=int, default=3, help="output channels")
+    first.add_argument("--f", type=int, default=4, help="filter height and width")
+    first.add_argument("--pool", type=int, default=8, help="pool window and stride")
     kind("dense", "Dense: the input, W and b", "5").add_argument("--units", type=int, default=4)
     kind("relu", "ReLU: the input", "3x3x2")
     norm = kind("batchnorm", "BatchNorm in training (batch statistics): the input, gamma and "

@@ -9,6 +9,7 @@ import numpy as np
 
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
 from layers.conv_pool import ConvPool
+from layers.first_conv_pool import FirstConvPool
 from layers.losses import softmax
 from layers.parallel import one_blas_thread
 
@@ -32,16 +33,23 @@ def check_same_arrays(
         )
 
 
-def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Layer | ConvPool]:
+Step = Layer | ConvPool | FirstConvPool  # what a Network runs: a layer, or a conv and its pool
+
+
+def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Step]:
     """The steps a network runs: its layers in order, except that a convolution and the
-    pooling after it become one ``ConvPool`` where it fits (``ConvPool.fits`` on the conv's
-    per-example input shape, from ``input_shapes``)."""
-    steps: list[Layer | ConvPool] = []
+    pooling after it become one step where it fits (``fits`` on the conv's per-example
+    input shape, from ``input_shapes``): a ``ConvPool`` (Winograd, pooled phases), else a
+    ``FirstConvPool`` (large max-pool windows; the first conv's weights' gradient from the
+    windows' maxima)."""
+    steps: list[Step] = []
     i = 0
     while i < len(layers):
         pair = layers[i : i + 2]
-        if len(pair) == 2 and ConvPool.fits(*pair, input_shapes[i]):
-            steps.append(ConvPool(*pair))
+        fused = next((kind for kind in (ConvPool, FirstConvPool)
+                      if len(pair) == 2 and kind.fits(*pair, input_shapes[i])), None)
+        if fused is not None:
+            steps.append(fused(*pair))
             i += 2
         else:
             steps.append(layers[i])
@@ -49,9 +57,9 @@ def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Layer | 
     return steps
 
 
-def _params_of(step: Layer | ConvPool) -> dict[str, np.ndarray]:
-    """A step's parameters: a layer's own, a ConvPool's conv's."""
-    return step.conv.params if isinstance(step, ConvPool) else step.params
+def _params_of(step: Step) -> dict[str, np.ndarray]:
+    """A step's parameters: a layer's own, a fused step's conv's."""
+    return step.params if isinstance(step, Layer) else step.conv.params
 
 
 class Network:
@@ -76,7 +84,7 @@ class Network:
         self.input_shape: Shape | None = None
         self.shapes: list[Shape] = []  # per-example output shape of every layer
         self.dtype = np.dtype(np.float32)
-        self.steps: list[Layer | ConvPool] = []  # what forward runs: see ``build``
+        self.steps: list[Step] = []  # what forward runs: see ``build``
 
     # -- building and running -----------------------------------------------------------
     def build(

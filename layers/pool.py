@@ -137,6 +137,32 @@ class MaxPool2D(Pool2D):
             self._backward_apart(*kept, dout, dX)
         return dX
 
+    def first_maxima(self, examples: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Where the last forward found each window's first maximum (windows apart), for
+        ``examples`` of its batch: the input row and column, two int arrays shaped like
+        their output (c, n_H, n_W, n_C).
+
+        Backward sends each window's gradient there and nowhere else; a layer before can
+        use these positions alone (``layers.first_conv_pool``).
+        """
+        if self.cache is None or self.overlapping:
+            raise self.error("first_maxima needs a forward with windows apart (stride >= f)")
+        _, A, (columns, rows) = self.cache
+        columns, rows, A = columns[examples], rows[examples], A[examples]
+        s = self.stride
+        _, n_H, n_W, n_C = A.shape
+        n_W_prev = columns.shape[2]
+        # each window has one column marked: find them, by (example, a, input column, channel)
+        marked = np.flatnonzero(columns)
+        in_row, channel = np.divmod(marked, n_C)  # in_row: example * n_H * n_W_prev + ...
+        window_row, column = np.divmod(in_row, n_W_prev)  # window_row: example * n_H + a
+        window = (window_row * n_W + column // s) * n_C + channel  # flat into A
+        row = np.empty(A.shape, dtype=np.intp)
+        col = np.empty(A.shape, dtype=np.intp)
+        row.reshape(-1)[window] = rows.reshape(-1)[marked] + window_row % n_H * s
+        col.reshape(-1)[window] = column
+        return row, col
+
     def _forward_apart(self, X: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Windows apart: A (m, n_H, n_W, n_C) from X (m, n_H_prev, n_W_prev, n_C), chunk by
         chunk. Returns, for backward, ``columns`` (bool) and ``rows`` (unsigned ints), both

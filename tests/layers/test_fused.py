@@ -1,5 +1,7 @@
-"""A 3x3 convolution and the 2x2 pool after it, computed together (``layers.conv_pool``, by
-Winograd's F(2x2, 3x3), ``layers.winograd``), equal the two layers one after the other.
+"""A convolution and the pool after it run as one step equal the two layers one after the
+other: a 3x3 convolution and a 2x2 pool (``layers.conv_pool``, by Winograd's F(2x2, 3x3),
+``layers.winograd``), and a first convolution and a large max pool (``layers.first_conv_pool``:
+the weights' gradient from the windows' maxima alone).
 
 * Winograd's transforms against their definitions, and each backward step as the adjoint of
   its forward step (``<f(x), y> == <x, f_adjoint(y)>``).
@@ -8,6 +10,8 @@ Winograd's F(2x2, 3x3), ``layers.winograd``), equal the two layers one after the
   against PyTorch (``conv2d`` then ``max_pool2d``), whose tie rule ours follows.
 * Ties (integer inputs, where the transforms are exact): the same first maximum as the two
   layers one after the other, bit for bit.
+* ``FirstConvPool`` against the two layers on both im2col paths (planar and rows), strides,
+  paddings and pooling strides, ties included; ``MaxPool2D.first_maxima`` against argmax.
 * ``Network`` runs a conv and its pool as one step exactly where it fits, with the results
   of the layers run one by one; the number of threads does not change them.
 """
@@ -25,6 +29,7 @@ from layers.activations import Flatten, ReLU
 from layers.conv import Conv2D
 from layers.conv_pool import ConvPool
 from layers.dense import Dense
+from layers.first_conv_pool import FirstConvPool
 from layers.network import Network
 from layers.pool import Pool2D
 from layers.winograd import (
@@ -270,6 +275,77 @@ def test_fits_only_a_3x3_stride_1_conv_then_a_2x2_pool(f, stride, pool_f, pool_s
     assert not ConvPool.fits(pool, conv, (8, 8, n_C_prev))
 
 
+# -- FirstConvPool: the first conv's weights' gradient from the pool's maxima -------------
+
+
+def test_first_maxima_are_each_windows_first_argmax():
+    rng = rng_for("first maxima")
+    A = rng.integers(0, 3, (2, 17, 18, 3)).astype(np.float64)  # ties in most windows
+    pool = Pool2D(4, 5)
+    pool.build(A.shape[1:], dtype=np.float64)
+    out = pool.forward(A)
+    row, column = pool.first_maxima()
+    for i, h, w, c in np.ndindex(out.shape):
+        window = A[i, h * 5 : h * 5 + 4, w * 5 : w * 5 + 4, c]
+        r, s = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+        assert (row[i, h, w, c], column[i, h, w, c]) == (h * 5 + r, w * 5 + s)
+    row2, column2 = pool.first_maxima(slice(1, 2))
+    np.testing.assert_array_equal(row2, row[1:2])
+    np.testing.assert_array_equal(column2, column[1:2])
+
+
+FIRST_GRID = [
+    (n_C_prev, f, stride, pad, pool_f, pool_stride, integers)
+    for n_C_prev, (f, stride, pad), (pool_f, pool_stride), integers in itertools.product(
+        (3, 6),  # 3: the planar im2col path; 6: the rows path
+        ((4, 1, "same"), (3, 2, 1), (1, 1, 0)),
+        ((8, 8), (6, 7)),
+        (False, True),  # integers: ties in most windows
+    )
+]
+
+
+@pytest.mark.parametrize(("n_C_prev", "f", "stride", "pad", "pool_f", "pool_stride",
+                          "integers"), FIRST_GRID)
+def test_first_conv_pool_gives_the_weights_gradient_of_the_two_layers(
+    monkeypatch, n_C_prev, f, stride, pad, pool_f, pool_stride, integers
+):
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)  # chunks for any size
+    rng = rng_for("first", n_C_prev, f, stride, pad, pool_f, pool_stride, integers)
+    conv = Conv2D(5, f, stride, pad, name="conv")
+    pool = Pool2D(pool_f, pool_stride, name="pool")
+    pool.build(conv.build((19, 17, n_C_prev), rng, np.float64), rng, np.float64)
+    X = rng.standard_normal((9, 19, 17, n_C_prev))
+    conv.params["b"][...] = rng.standard_normal(5)
+    if integers:
+        X = np.round(X)
+        conv.params["W"][...] = np.round(conv.params["W"] * 2)
+        conv.params["b"][...] = 0
+    A = pool.forward(conv.forward(X))
+    dA = rng.standard_normal(A.shape) * (rng.random(A.shape) < 0.6)  # zeros, as after ReLU
+    conv.backward(pool.backward(dA), input_grad=False)
+    dW, db = conv.grads["W"].copy(), conv.grads["b"].copy()
+
+    step = FirstConvPool(conv, pool)
+    assert FirstConvPool.fits(conv, pool, X.shape[1:])
+    np.testing.assert_array_equal(step.forward(X), A)
+    assert step.backward(dA, input_grad=False) is None
+    np.testing.assert_allclose(conv.grads["W"], dW, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.grads["b"], db, rtol=0, atol=TOL)
+    dX = step.backward(dA, input_grad=True)  # a saliency map: through the two layers
+    np.testing.assert_array_equal(dX, conv.backward(pool.backward(dA)))
+
+
+def test_first_conv_pool_fits_only_large_max_pool_windows_apart():
+    conv = Conv2D(4, 3, 1, "same")
+    conv.build((16, 16, 3), dtype=np.float64)
+    assert FirstConvPool.fits(conv, Pool2D(8), (16, 16, 3))
+    assert FirstConvPool.fits(conv, Pool2D(6, 7), (16, 16, 3))
+    assert not FirstConvPool.fits(conv, Pool2D(2), (16, 16, 3))  # dense is cheaper
+    assert not FirstConvPool.fits(conv, Pool2D(8, 4), (16, 16, 3))  # overlapping
+    assert not FirstConvPool.fits(conv, Pool2D(8, mode="average"), (16, 16, 3))
+
+
 # -- in a Network ------------------------------------------------------------------------
 
 
@@ -288,6 +364,11 @@ def test_a_network_runs_each_conv_and_its_pool_as_one_step_where_it_fits():
     assert [getattr(step, "name", None) for step in net.steps] == [
         "conv1", "pool1", "relu1", "conv2+pool2", "relu2", "conv3+pool3", "flatten", "logits"
     ]  # conv1 has 3 input channels: it stays im2col
+    assert [type(step) for step in net.steps[3:6:2]] == [ConvPool, ConvPool]
+    net = Network([Conv2D(4, 4, 1, "same", name="conv1"), Pool2D(8, name="pool1"),
+                   ReLU(name="relu1"), Flatten(name="flatten"), Dense(3, name="logits")])
+    net.build((16, 16, 3), dtype=np.float64)  # the SIGNS model's first block
+    assert type(net.steps[0]) is FirstConvPool and net.steps[0].name == "conv1+pool1"
 
 
 @pytest.mark.parametrize("n_threads", [1, 3])
@@ -316,3 +397,27 @@ def test_a_network_gives_what_its_layers_give_one_by_one(monkeypatch, n_threads)
             np.testing.assert_allclose(grads[k], g, rtol=0, atol=TOL, err_msg=k)
     finally:
         parallel.set_num_threads(before)
+
+
+def test_a_network_trains_its_first_conv_and_large_pool_as_its_layers_would():
+    """Training (no input gradient) takes FirstConvPool's sparse path: the same gradients
+    as the layers one by one."""
+    layers = [Conv2D(4, 4, 1, "same", name="conv1"), Pool2D(8, name="pool1"),
+              ReLU(name="relu1"), Conv2D(6, 2, 1, "same", name="conv2"),
+              Pool2D(2, name="pool2"), ReLU(name="relu2"), Flatten(name="flatten"),
+              Dense(3, name="logits")]
+    net = Network(layers)
+    net.build((32, 24, 3), seed=2, dtype=np.float64)
+    X = rng_for("signs net").standard_normal((6, 32, 24, 3))
+    out = net.forward(X)
+    dout = rng_for("signs dout").standard_normal(out.shape)
+    net.backward(dout)
+    grads = {k: g.copy() for k, g in net.grads.items()}
+    Y = X
+    for layer in layers:
+        Y = layer.forward(Y)
+    d = dout
+    for i, layer in reversed(list(enumerate(layers))):
+        d = layer.backward(d, input_grad=i > 0)
+    for k, g in net.grads.items():
+        np.testing.assert_allclose(grads[k], g, rtol=0, atol=TOL, err_msg=k)
