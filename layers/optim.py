@@ -41,6 +41,7 @@ class Optimizer:
         self.weight_decay = self._check("weight_decay", weight_decay, low=0.0)
         self.t = 0  # number of step() calls so far
         self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in self.slots}
+        self._scratch: dict[tuple, np.ndarray] = {}  # ``scratch``: reused, never saved
 
     def _check(
         self, key: str, value: float, low: float, low_open: bool = False, high: float | None = None
@@ -96,6 +97,14 @@ class Optimizer:
     def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         """Change ``p`` in place given its (weight-decayed) gradient ``g``, same shape."""
         raise NotImplementedError
+
+    def scratch(self, p: np.ndarray, i: int = 0) -> np.ndarray:
+        """Scratch array ``i`` (any contents) of ``p``'s shape and dtype, kept from step to
+        step: not part of the state (nothing to save)."""
+        key = (p.shape, p.dtype, i)
+        if key not in self._scratch:
+            self._scratch[key] = np.empty_like(p)
+        return self._scratch[key]
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -195,13 +204,20 @@ class Adam(Optimizer):
 
     def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         m, v = self.slot("m", name, p), self.slot("v", name, p)
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        step, denominator = self.scratch(p), self.scratch(p, 1)  # no new arrays per step
         m_hat_scale = 1.0 / (1.0 - self.beta1**self.t)  # Python floats: no upcast
         v_hat_scale = 1.0 / (1.0 - self.beta2**self.t)
-        p -= (self.lr * m_hat_scale) * m / (np.sqrt(v * v_hat_scale) + self.eps)
+        m *= self.beta1
+        m += np.multiply(g, 1.0 - self.beta1, out=step)
+        v *= self.beta2
+        np.multiply(g, g, out=step)
+        v += np.multiply(step, 1.0 - self.beta2, out=step)
+        # p -= (lr * m_hat_scale) * m / (sqrt(v * v_hat_scale) + eps), in that order
+        np.multiply(m, self.lr * m_hat_scale, out=step)
+        np.sqrt(np.multiply(v, v_hat_scale, out=denominator), out=denominator)
+        denominator += self.eps
+        step /= denominator
+        p -= step
 
 
 # The optimizers by name: ``optimizer=<name>`` in the pipeline, whose config schema is made
