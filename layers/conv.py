@@ -61,7 +61,7 @@ KEEP_COLS_BYTES = 64 * 2**20
 # path (``im2col_planar``): their im2col rows are too short to copy efficiently.
 PLANAR_MAX_CHANNELS = 4
 # Bytes of planar im2col buffer per chunk: a few examples, kept in cache for the product.
-PLANAR_CHUNK_BYTES = 4 * 2**20
+PLANAR_CHUNK_BYTES = 2 * 2**20
 
 
 def add_bias(Z_flat: np.ndarray, b: np.ndarray) -> None:
