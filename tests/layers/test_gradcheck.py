@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers import gradcheck
+from layers import grad_checks, gradcheck
 from layers.activations import Flatten, ReLU
 from layers.conv import Conv2D
 from layers.dense import Dense
@@ -130,7 +130,7 @@ def test_main_exits_1_on_a_broken_layer(monkeypatch, capsys) -> None:
 def test_main_exits_1_when_the_network_input_gradient_is_wrong(monkeypatch, capsys) -> None:
     """A wrong dL/dX of the Dense layers: the gradients of what comes before them fail,
     those of the last layer's own W and b (from its right X and dout) still pass."""
-    monkeypatch.setattr(gradcheck, "Dense", WrongInputGradient)
+    monkeypatch.setattr(grad_checks, "Dense", WrongInputGradient)  # small_network's
     assert main(["network"]) == 1
     result = {row["what"]: row["result"] for row in table(capsys.readouterr().out)}
     assert result["fc2.W"] == result["fc2.b"] == "pass"
