@@ -145,17 +145,7 @@ def make_parser() -> argparse.ArgumentParser:
     pool.add_argument("--mode", choices=POOL_MODES, default="max")
     pool.add_argument("--f", type=int, default=2, help="window height and width")
     pool.add_argument("--stride", type=int, help="step between windows (None: f)")
-    conv_pool = kind("convpool", "a 3x3 Conv2D and the 2x2 pool after it run as one step "
-                     "(ConvPool, Winograd): the input, W and b", "6x6x8")
-    conv_pool.add_argument("--filters", type=int, default=3, help="output channels")
-    conv_pool.add_argument("--mode", choices=POOL_MODES, default="max")
-    conv_pool.add_argument("--pad", type=pad_arg, default="same", help="an int, same or valid")
-    first = kind("firstconvpool", "a first Conv2D ('same', stride 1) and the large max pool "
-                 "after it run as one step (FirstConvPool, no input gradient): W and b",
-                 "16x16x3")
-    first.add_argument("--filters", type=int, default=3, help="output channels")
-    first.add_argument("--f", type=int, default=4, help="filter height and width")
-    first.add_argument("--pool", type=int, default=8, help="pool window and stride")
+    fused_kinds(kind)
     kind("dense", "Dense: the input, W and b", "5").add_argument("--units", type=int, default=4)
     kind("relu", "ReLU: the input", "3x3x2")
     norm = kind("batchnorm", "BatchNorm in training (batch statistics): the input, gamma and "
@@ -175,6 +165,22 @@ def make_parser() -> argparse.ArgumentParser:
     net.add_argument("--classes", type=int_at_least(2), default=3)
     kinds.add_parser("all", help="every kind with its defaults, and the network", parents=[seed])
     return parser
+
+
+def fused_kinds(kind: Callable[..., argparse.ArgumentParser]) -> None:
+    """The sub-commands of the steps a Network runs two layers as (``make_parser``'s
+    ``kind`` makes each)."""
+    conv_pool = kind("convpool", "a 3x3 Conv2D and the 2x2 pool after it run as one step "
+                     "(ConvPool, Winograd): the input, W and b", "6x6x8")
+    conv_pool.add_argument("--filters", type=int, default=3, help="output channels")
+    conv_pool.add_argument("--mode", choices=POOL_MODES, default="max")
+    conv_pool.add_argument("--pad", type=pad_arg, default="same", help="an int, same or valid")
+    first = kind("firstconvpool", "a first Conv2D ('same', stride 1) and the large max pool "
+                 "after it run as one step (FirstConvPool, no input gradient): W and b",
+                 "16x16x3")
+    first.add_argument("--filters", type=int, default=3, help="output channels")
+    first.add_argument("--f", type=int, default=4, help="filter height and width")
+    first.add_argument("--pool", type=int, default=8, help="pool window and stride")
 
 
 def report(results: list[Result]) -> str:
