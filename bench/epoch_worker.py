@@ -184,7 +184,7 @@ def layer_flops(net: Network, m: int) -> dict[str, dict[str, float]]:
     sum's work over its time."""
     step_of = {}
     for step in net.steps:
-        for layer in (step,) if isinstance(step, Layer) else (step.conv, step.pool):
+        for layer in (step,) if isinstance(step, Layer) else step.layers:
             step_of[layer.name] = step.name
     flops = {}
     for i, layer in enumerate(net.layers):

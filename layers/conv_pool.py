@@ -46,6 +46,8 @@ import math
 import numpy as np
 
 from layers import parallel
+from layers.activations import ReLU
+from layers.base import Layer
 from layers.conv import Conv2D
 from layers.parallel import reused, thread_buffers
 from layers.pool import AvgPool2D, MaxPool2D, Pool2D
@@ -72,14 +74,16 @@ CHUNK_BYTES = 4 * 2**20
 
 
 class ConvPool:
-    """``conv`` then ``pool``, computed together (see the module's docstring)."""
+    """``conv`` then ``pool`` (then ``relu``, if given), computed together (see the
+    module's docstring): the ReLU is one more step on each chunk while it is in cache."""
 
-    def __init__(self, conv: Conv2D, pool: Pool2D) -> None:
-        self.conv, self.pool = conv, pool
-        self.name = f"{conv.name}+{pool.name}"
+    def __init__(self, conv: Conv2D, pool: Pool2D, relu: ReLU | None = None) -> None:
+        self.conv, self.pool, self.relu = conv, pool, relu
+        self.layers: list[Layer] = [conv, pool] if relu is None else [conv, pool, relu]
+        self.name = "+".join(str(layer.name) for layer in self.layers)
         # the input X, the transformed filters U, the tiles V of the whole batch (training
-        # only: evaluation recomputes them if backward follows) and, for max pooling, the
-        # phase of each window's first maximum (m, n_a, n_b, n_C)
+        # only: evaluation recomputes them if backward follows), for max pooling the phase
+        # of each window's first maximum (m, n_a, n_b, n_C), and the output (the ReLU's mask)
         self.cache: tuple[np.ndarray, ...] | None = None
         self._buffers: dict[str, np.ndarray] = {}  # reused from batch to batch: the tiles
 
@@ -96,7 +100,7 @@ class ConvPool:
         return input_shape[2] >= MIN_CHANNELS and min(n_H, n_W) >= 2
 
     def __repr__(self) -> str:
-        return f"ConvPool({self.conv!r}, {self.pool!r})"
+        return f"ConvPool({', '.join(repr(layer) for layer in self.layers)})"
 
     def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int]:
         """For inputs of ``x_shape`` (m, n_H_prev, n_W_prev, n_C_prev): the tiles (n_a, n_b)
@@ -140,17 +144,20 @@ class ConvPool:
                 np.matmul(output, M.reshape(16, -1), out=Y.reshape(4, -1))
                 _max_of_phases(Y, A_k, first[start:stop].reshape(c * T, n_C))
             A_k += b
+            if self.relu is not None:
+                np.maximum(A_k, 0, out=A_k)
 
         parallel.over_chunks(forward_chunk, m, chunk, nbytes)
-        self.cache = (X, U, kept, first)
+        self.cache = (X, U, kept, first, A)
         return A
 
     def backward(self, dA: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """From dA (m, n_a, n_b, n_C): fill the conv's ``grads`` and return dX (m, n_H_prev,
-        n_W_prev, n_C_prev), or None when ``input_grad`` is False."""
+        """From dA (m, n_a, n_b, n_C), the gradient of the step's output (the ReLU's, if
+        any): fill the conv's ``grads`` and return dX (m, n_H_prev, n_W_prev, n_C_prev), or
+        None when ``input_grad`` is False."""
         if self.cache is None:
             raise self.conv.error("backward called before forward")
-        X, U, kept, first = self.cache
+        X, U, kept, first, A = self.cache
         x_shape = X.shape
         conv, dtype = self.conv, self.conv.dtype
         m, n_C_prev, n_C = x_shape[0], x_shape[3], conv.filters
@@ -170,6 +177,8 @@ class ConvPool:
         def backward_chunk(k: int, start: int, stop: int) -> None:
             c = stop - start
             dA_k = np.ascontiguousarray(dA[start:stop]).reshape(c * T, n_C)
+            if self.relu is not None:  # where the ReLU let the value through
+                dA_k = dA_k * (A[start:stop].reshape(c * T, n_C) > 0)
             np.dot(ones[: c * T], dA_k, out=db_parts[k])
             dM = reused(thread_buffers(), "dM", (16, c * T, n_C), dtype)  # times SIGNS
             if first is None:  # average: each phase gets a quarter

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from layers import parallel
-from layers.base import Shape
+from layers.base import Layer, Shape
 from layers.conv import Conv2D
 from layers.pool import MaxPool2D
 
@@ -41,6 +41,7 @@ class FirstConvPool:
 
     def __init__(self, conv: Conv2D, pool: MaxPool2D) -> None:
         self.conv, self.pool = conv, pool
+        self.layers: list[Layer] = [conv, pool]
         self.name = f"{conv.name}+{pool.name}"
 
     @staticmethod

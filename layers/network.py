@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from layers.activations import ReLU
 from layers.base import Layer, Shape, as_float_dtype, check_positive_int, shape_str
 from layers.conv_pool import ConvPool
 from layers.first_conv_pool import FirstConvPool
@@ -39,21 +40,24 @@ Step = Layer | ConvPool | FirstConvPool  # what a Network runs: a layer, or a co
 def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Step]:
     """The steps a network runs: its layers in order, except that a convolution and the
     pooling after it become one step where it fits (``fits`` on the conv's per-example
-    input shape, from ``input_shapes``): a ``ConvPool`` (Winograd, pooled phases), else a
-    ``FirstConvPool`` (large max-pool windows; the first conv's weights' gradient from the
-    windows' maxima)."""
+    input shape, from ``input_shapes``): a ``ConvPool`` (Winograd, pooled phases; it takes
+    a ReLU right after the pool too), else a ``FirstConvPool`` (large max-pool windows; the
+    first conv's weights' gradient from the windows' maxima)."""
     steps: list[Step] = []
     i = 0
     while i < len(layers):
         pair = layers[i : i + 2]
-        fused = next((kind for kind in (ConvPool, FirstConvPool)
-                      if len(pair) == 2 and kind.fits(*pair, input_shapes[i])), None)
-        if fused is not None:
-            steps.append(fused(*pair))
-            i += 2
+        kind = next((kind for kind in (ConvPool, FirstConvPool)
+                     if len(pair) == 2 and kind.fits(*pair, input_shapes[i])), None)
+        after = layers[i + 2] if i + 2 < len(layers) else None
+        if kind is None:
+            step: Step = layers[i]
+        elif kind is ConvPool and isinstance(after, ReLU):
+            step = ConvPool(*pair, relu=after)
         else:
-            steps.append(layers[i])
-            i += 1
+            step = kind(*pair)
+        steps.append(step)
+        i += 1 if isinstance(step, Layer) else len(step.layers)
     return steps
 
 

@@ -242,6 +242,23 @@ def test_backward_after_an_evaluation_forward_gives_the_same_gradients(mode):
     np.testing.assert_array_equal(conv.grads["W"], dW)
 
 
+@pytest.mark.parametrize("mode", ["max", "average"])
+def test_a_relu_after_the_pool_runs_in_the_same_step(mode):
+    rng = rng_for("relu", mode)
+    conv, pool = conv_and_pool(3, 8, 10, 8, 6, "same", mode, rng)
+    relu = ReLU()
+    relu.build(pool.output_shape(conv.output_shape((8, 10, 8))), dtype=np.float64)
+    X = rng.standard_normal((3, 8, 10, 8))
+    A = relu.forward(pool.forward(conv.forward(X)))
+    dA = rng.standard_normal(A.shape)
+    dX = conv.backward(pool.backward(relu.backward(dA)))
+    dW = conv.grads["W"].copy()
+    step = ConvPool(conv, pool, relu)
+    np.testing.assert_allclose(step.forward(X), A, rtol=0, atol=TOL)
+    np.testing.assert_allclose(step.backward(dA), dX, rtol=0, atol=TOL)
+    np.testing.assert_allclose(conv.grads["W"], dW, rtol=0, atol=TOL)
+
+
 def test_backward_without_input_gradient_and_errors():
     rng = rng_for("errors")
     conv, pool = conv_and_pool(2, 6, 6, 8, 3, "same", "max", rng)
@@ -362,9 +379,9 @@ def test_a_network_runs_each_conv_and_its_pool_as_one_step_where_it_fits():
     net = Network(small_cnn())
     net.build((16, 12, 3), dtype=np.float64)
     assert [getattr(step, "name", None) for step in net.steps] == [
-        "conv1", "pool1", "relu1", "conv2+pool2", "relu2", "conv3+pool3", "flatten", "logits"
-    ]  # conv1 has 3 input channels: it stays im2col
-    assert [type(step) for step in net.steps[3:6:2]] == [ConvPool, ConvPool]
+        "conv1", "pool1", "relu1", "conv2+pool2+relu2", "conv3+pool3", "flatten", "logits"
+    ]  # conv1 has 3 input channels: it stays im2col; a ReLU after a ConvPool joins it
+    assert [type(step) for step in net.steps[3:5]] == [ConvPool, ConvPool]
     net = Network([Conv2D(4, 4, 1, "same", name="conv1"), Pool2D(8, name="pool1"),
                    ReLU(name="relu1"), Flatten(name="flatten"), Dense(3, name="logits")])
     net.build((16, 16, 3), dtype=np.float64)  # the SIGNS model's first block
