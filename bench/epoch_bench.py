@@ -16,7 +16,9 @@ this machine only; read the ratios.
 Efficiency: the matrix-product peak is the best float32 ``A @ B`` GFLOP/s of square sizes
 512-2048 in this process with the same threads; a conv or dense layer's GFLOP/s is its
 epoch's multiply-adds (x2; backward: the weights' and the input's gradients) over the time
-its passes took in ours' extra, timed epoch (``epoch_worker.layer_times``).
+its passes took in ours' extra, timed epoch (``epoch_worker.layer_times``). A conv that
+runs with its pool as one step (``Network.steps``: Winograd's algorithm, or the weights'
+gradient from the pool's maxima) is counted as the direct sum, over the step's time.
 """
 
 from __future__ import annotations
@@ -84,10 +86,13 @@ def print_epochs(results: dict[str, list[dict]], images: int) -> dict[str, float
 
 
 def print_layers(run: dict, peak: float) -> None:
-    """Where ours' timed epoch went, layer by layer, and each layer kind's GFLOP/s."""
+    """Where ours' timed epoch went, step by step (a layer, or a conv and its pool run
+    together, ``Network.steps``), and each kind's GFLOP/s."""
     layers, flops, kinds = run["layers"], run["flops"], run["kinds"]
     total = sum(v["forward"] + v["backward"] for v in layers.values())
-    print(f"{'layer':<14}{'kind':<11}{'forward':>10}{'backward':>10}{'share':>7}"
+    width = max(len(name) for name in layers) + 2
+    kind_width = max(len(kind) for kind in kinds.values()) + 2
+    print(f"{'step':<{width}}{'kind':<{kind_width}}{'forward':>10}{'backward':>10}{'share':>7}"
           f"{'GFLOP/s fwd':>13}{'bwd':>7}")
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # seconds, flop
     for name, spent in layers.items():
@@ -99,14 +104,15 @@ def print_layers(run: dict, peak: float) -> None:
             rates = f"{fw:>13.1f}{bw:>7.1f}"
             by_kind[kind][1] += flops[name]["forward"] + flops[name]["backward"]
         by_kind[kind or name][0] += f + b
-        print(f"{name:<14}{kind:<11}{f * 1e3:>8.1f}ms{b * 1e3:>8.1f}ms{(f + b) / total:>7.1%}"
-              f"{rates}")
-    print(f"{'total':<25}{total:>19.3f} s (this timed epoch)")
-    print(f"\nby kind (matrix-product peak {peak:.1f} GFLOP/s):")
+        print(f"{name:<{width}}{kind:<{kind_width}}{f * 1e3:>8.1f}ms{b * 1e3:>8.1f}ms"
+              f"{(f + b) / total:>7.1%}{rates}")
+    print(f"{'total':<{width + kind_width}}{total:>19.3f} s (this timed epoch)")
+    print(f"\nby kind (matrix-product peak {peak:.1f} GFLOP/s; a fused step's rate is the "
+          "direct sum's work over its time):")
     for kind, (seconds, flop) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         rate = f", {flop / seconds / 1e9:.1f} GFLOP/s = {flop / seconds / 1e9 / peak:.0%} of " \
                "peak" if flop else ""
-        print(f"  {kind:<12}{seconds:>7.3f} s{seconds / total:>7.1%}{rate}")
+        print(f"  {kind:<{kind_width + 2}}{seconds:>7.3f} s{seconds / total:>7.1%}{rate}")
 
 
 def main() -> None:
