@@ -49,13 +49,16 @@ class EpochRecord:
 
 @dataclass
 class History:
-    """Every epoch's record, the epoch with the best validation accuracy (the first one if
-    tied; None without validation data), whether early stopping ended the run, and the
-    epoch whose weights the network ends with (the best one restored, or the last)."""
+    """Every epoch's record, the epoch with the best validation accuracy (of tied epochs the
+    one with the lowest validation loss: a small validation set often reaches 100% early,
+    long before the model is done; None without validation data), whether early stopping
+    ended the run, and the epoch whose weights the network ends with (the best one
+    restored, or the last)."""
 
     records: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
+    best_val_loss: float | None = None  # the best epoch's
     stopped_early: bool = False
     kept_epoch: int | None = None
 
@@ -157,9 +160,9 @@ def train(
         record = _epoch(net, optimizer, loss_fn, train, val, rng.permutation(len(train)),
                         batch_size, (epoch, epochs), progress)
         history.records.append(record)
-        if record.val_accuracy is not None and (
-                best is None or record.val_accuracy > history.best_val_accuracy):
+        if record.val_accuracy is not None and (best is None or _better(record, history)):
             history.best_epoch, history.best_val_accuracy = epoch, record.val_accuracy
+            history.best_val_loss = record.val_loss
             best = {k: p.copy() for k, p in net.state.items()}  # with BatchNorm's statistics
         if patience and epoch - history.best_epoch >= patience and epoch < epochs:
             history.stopped_early = True
@@ -282,6 +285,15 @@ def train_epoch(
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
             bar.update()
     return loss_sum, correct
+
+
+def _better(record: EpochRecord, history: History) -> bool:
+    """Whether ``record`` beats the history's best epoch: a higher validation accuracy, or
+    the same with a lower validation loss (a checkpoint from before the loss was kept
+    breaks no tie)."""
+    if record.val_accuracy != history.best_val_accuracy:
+        return record.val_accuracy > history.best_val_accuracy
+    return history.best_val_loss is not None and record.val_loss < history.best_val_loss
 
 
 def _summary(r: EpochRecord, epochs: int) -> str:

@@ -183,6 +183,17 @@ def test_early_stopping_stops_and_restores_the_best_weights(tmp_path):
         np.testing.assert_array_equal(p, saved[h.best_epoch][k])
 
 
+def test_of_epochs_tied_in_validation_accuracy_the_lowest_loss_is_best(tmp_path):
+    """An easy validation set is 100% right from an early epoch on: the best epoch is the
+    tied one with the lowest validation loss, not the first to get there."""
+    h = run(dense_net(), tmp_path, epochs=8, schedule=make_schedule("constant", 0.01, epochs=8))
+    top = max(r.val_accuracy for r in h.records)
+    tied = [r for r in h.records if r.val_accuracy == top]
+    assert len(tied) > 1  # the case this is about
+    assert h.best_epoch == min(tied, key=lambda r: r.val_loss).epoch != tied[0].epoch
+    assert h.best_val_loss == min(r.val_loss for r in tied)
+
+
 def bn_net() -> Network:
     """A BatchNorm (buffers: running statistics) before the dense layer."""
     net = Network([BatchNorm(name="bn"), Flatten(), Dense(K)])
