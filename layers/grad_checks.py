@@ -32,9 +32,9 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.augment import RandomShift
 from layers.base import Layer, Shape, shape_str
 from layers.conv import Conv2D
-from layers.conv_pool import ConvPool
+from layers.conv_pool import MIN_CHANNELS, ConvPool
 from layers.dense import Dense
-from layers.first_conv_pool import FirstConvPool
+from layers.first_conv_pool import MIN_WINDOW, FirstConvPool
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.norm import BatchNorm
@@ -169,7 +169,8 @@ def check_conv_pool(
     out_shape = pool.build(conv.build(input_shape, rng, np.float64), rng, np.float64)
     if not ConvPool.fits(conv, pool, input_shape):
         raise ValueError(f"ConvPool: {conv!r} then {pool!r} on input {shape_str(input_shape)}"
-                         " do not run together (ConvPool.fits)")
+                         f" do not run together: it needs {MIN_CHANNELS} or more input "
+                         "channels and an output of at least 2x2")
     step = ConvPool(conv, pool)
     check_size(f"{step!r} input", (batch, *input_shape))
     X = spaced_input((batch, *input_shape), rng)
@@ -195,8 +196,8 @@ def check_first_conv_pool(
     conv, max_pool = Conv2D(filters, f, 1, "same"), Pool2D(pool)
     out_shape = max_pool.build(conv.build(input_shape, rng, np.float64), rng, np.float64)
     if not FirstConvPool.fits(conv, max_pool, input_shape):
-        raise ValueError(f"FirstConvPool: {max_pool!r} after {conv!r} does not fit "
-                         "(FirstConvPool.fits: a max pool of large windows, apart)")
+        raise ValueError(f"FirstConvPool: {max_pool!r} after {conv!r} does not fit: it "
+                         f"needs windows of {MIN_WINDOW} or more values (--pool 6 or more)")
     step = FirstConvPool(conv, max_pool)
     check_size(f"{step!r} input", (batch, *input_shape))
     X = spaced_input((batch, *input_shape), rng)
