@@ -171,20 +171,8 @@ def check_conv_pool(
         raise ValueError(f"ConvPool: {conv!r} then {pool!r} on input {shape_str(input_shape)}"
                          f" do not run together: it needs {MIN_CHANNELS} or more input "
                          "channels and an output of at least 2x2")
-    step = ConvPool(conv, pool)
-    check_size(f"{step!r} input", (batch, *input_shape))
-    X = spaced_input((batch, *input_shape), rng)
-    G = rng.standard_normal((batch, *out_shape))
-
-    def loss() -> float:
-        return float(np.sum(step.forward(X) * G))
-
-    loss()
-    analytic = {"input": np.array(step.backward(G))}
-    analytic |= {k: np.array(g) for k, g in conv.grads.items()}  # copies
-    arrays = {"input": X, **conv.params}
-    label = f"{conv!r} + {pool!r} (ConvPool)"
-    return [compare(label, what, analytic[what], loss, x) for what, x in arrays.items()]
+    return check_step(ConvPool(conv, pool), f"{conv!r} + {pool!r} (ConvPool)",
+                      (batch, *input_shape), out_shape, rng, input_grad=True)
 
 
 def check_first_conv_pool(
@@ -198,19 +186,30 @@ def check_first_conv_pool(
     if not FirstConvPool.fits(conv, max_pool, input_shape):
         raise ValueError(f"FirstConvPool: {max_pool!r} after {conv!r} does not fit: it "
                          f"needs windows of {MIN_WINDOW} or more values (--pool 6 or more)")
-    step = FirstConvPool(conv, max_pool)
-    check_size(f"{step!r} input", (batch, *input_shape))
-    X = spaced_input((batch, *input_shape), rng)
-    G = rng.standard_normal((batch, *out_shape))
+    return check_step(FirstConvPool(conv, max_pool),
+                      f"{conv!r} + {max_pool!r} (FirstConvPool)", (batch, *input_shape),
+                      out_shape, rng, input_grad=False)
+
+
+def check_step(step: ConvPool | FirstConvPool, label: str, x_shape: Shape, out_shape: Shape,
+               rng: np.random.Generator, input_grad: bool) -> list[Result]:
+    """Check a fused step of a Network (its conv built in float64) on a batch X of
+    ``x_shape``, for ``L = sum(forward(X) * G)``: the conv's W and b, and the input if
+    ``input_grad``."""
+    check_size(f"{step!r} input", x_shape)
+    X = spaced_input(x_shape, rng)
+    G = rng.standard_normal((x_shape[0], *out_shape))
 
     def loss() -> float:
         return float(np.sum(step.forward(X) * G))
 
     loss()
-    step.backward(G, input_grad=False)
-    analytic = {k: np.array(g) for k, g in conv.grads.items()}  # copies
-    label = f"{conv!r} + {max_pool!r} (FirstConvPool)"
-    return [compare(label, what, analytic[what], loss, x) for what, x in conv.params.items()]
+    dX = step.backward(G, input_grad=input_grad)
+    analytic = {k: np.array(g) for k, g in step.conv.grads.items()}  # copies
+    arrays = dict(step.conv.params)
+    if input_grad:
+        analytic["input"], arrays = np.array(dX), {"input": X, **arrays}
+    return [compare(label, what, analytic[what], loss, x) for what, x in arrays.items()]
 
 
 def check_loss(classes: int = 5, batch: int = 4, seed: int = 0) -> list[Result]:
