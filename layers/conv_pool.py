@@ -35,7 +35,7 @@ and backward, from dA::
 
 A max-pool window's gradient goes to its first maximum in row-major order, the phases'
 order, as ``MaxPool2D`` does. The result equals ``pool.forward(conv.forward(X))`` up to
-float rounding (``tests/layers/test_conv_pool_fused.py`` checks it against the reference
+float rounding (``tests/layers/test_fused.py`` checks it against the reference
 loops in float64).
 """
 
