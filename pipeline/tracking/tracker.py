@@ -30,7 +30,7 @@ from pipeline.tracking.store import (
     store_errors,
     ui_command,
 )
-from pipeline.tracking.watchdog import Watchdog
+from pipeline.tracking.watchdog import Watchdog, signals_held
 
 log = logging.getLogger("pipeline")
 
@@ -63,11 +63,13 @@ class Tracker:
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, unless tracking is off or already failed; a failure is
-        noted (and the run goes on without MLflow), not raised."""
+        noted (and the run goes on without MLflow), not raised. Ctrl-C and SIGTERM wait
+        until it returns (``signals_held``)."""
         if not self.enabled or self.failure:
             return None
         try:
-            return fn(*args, **kwargs)
+            with signals_held():
+                return fn(*args, **kwargs)
         except store_errors() as e:  # the store's; a bug in this code still fails the run
             self.failure = f"{what} failed: {one_line(e)}"
             log.warning("[mlflow] %s; the run goes on without MLflow", self.failure)

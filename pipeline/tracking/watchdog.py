@@ -1,6 +1,7 @@
 """How tracked runs end when their process is stopped or dies.
 
 ``interrupt_on_sigterm`` makes SIGTERM end a run (or a sweep) like Ctrl-C does: KILLED.
+``signals_held`` keeps both out of a request to the store, then delivers them.
 The watchdog of a tracked run ends the MLflow run when the process running it cannot:
 
     python -m pipeline.tracking.watchdog URI RUN_ID RUN_DIR
@@ -23,10 +24,13 @@ minute between tries (each request made once, without MLflow's own retries), for
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +53,45 @@ def interrupt_on_sigterm() -> Any:
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         return None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while MLflow talks to its store, then delivered.
+
+    Raised in the middle of a request, KeyboardInterrupt can leave a SQLite read open: the
+    interrupted cursor lives on in the exception's traceback, and Python 3.11's sqlite3 no
+    longer resets statements on rollback. Ending the run KILLED then waited 20 s on
+    "database is locked" and printed MLflow's traceback. A second signal while one is held
+    is delivered at once: the user insists. Outside the main thread (where handlers cannot
+    be set) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    old = {signum: h for signum, h in handlers.items() if h is not None}  # None: set in C
+    held: list[int] = []
+
+    def restore() -> None:
+        while old:
+            signum, handler = old.popitem()
+            signal.signal(signum, handler)
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:  # the second: delivered now, by the handler it would have met
+            restore()
+            signal.raise_signal(signum)
+        held.append(signum)
+
+    for signum in old:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        if old:  # not delivered yet
+            restore()
+            if held:
+                signal.raise_signal(held[0])  # runs the restored handler here and now
 
 
 class Watchdog:

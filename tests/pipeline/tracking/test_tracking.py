@@ -88,6 +88,35 @@ def test_a_run_that_raises_ends_failed_or_killed_keeping_what_was_logged(
     assert json.loads((tmp_path / "out" / MLFLOW_RUN).read_text())["status"] == status
 
 
+def test_ctrl_c_during_a_store_request_waits_for_it_then_ends_the_run_killed(
+    tmp_path, mlflow_store, monkeypatch, capfd
+):
+    """Ctrl-C inside an MLflow request (here the first filters image) is held until the
+    request returns: an interrupted SQLite read would keep its lock, and ending the run
+    would wait 20 s on "database is locked" and print MLflow's traceback."""
+    import os
+    import signal
+
+    uri = mlflow_store
+    cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=2", *QUICK,
+                   f"data.cache_dir={tmp_path / 'data'}")
+    log_image, done = mlflow.log_image, []
+
+    def ctrl_c_inside(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        log_image(*args, **kwargs)
+        done.append(kwargs["key"])
+
+    monkeypatch.setattr(mlflow, "log_image", ctrl_c_inside)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(cfg, tmp_path / "out")
+    assert len(done) == 1  # the request finished; the next one was never made
+    client, run = only_run(uri)
+    assert run.info.status == "KILLED" and "error" not in run.data.tags
+    assert client.list_artifacts(run.info.run_id, "images")  # what it sent is there
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @pytest.mark.slow  # a server in a subprocess
 def test_a_run_on_a_real_server(tmp_path, mlflow_server):
     cfg = make_cfg(f"tracking.uri={mlflow_server.uri}", "trainer.epochs=2", *QUICK,

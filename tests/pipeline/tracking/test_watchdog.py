@@ -4,13 +4,23 @@ store, read back through MlflowClient."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 
 import pytest
 
 pytest.importorskip("mlflow", reason="MLflow is a runtime dependency: pip install -e .")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.tracking.watchdog import DIED, LOG_FILE, Watchdog, end_run, last_word  # noqa: E402
+from pipeline.tracking.watchdog import (  # noqa: E402
+    DIED,
+    LOG_FILE,
+    Watchdog,
+    end_run,
+    interrupt_on_sigterm,
+    last_word,
+    signals_held,
+)
 from tests.support import wait_for  # noqa: E402
 
 
@@ -60,3 +70,43 @@ def test_the_process_exits_when_told_and_ends_the_run_when_its_pipe_just_closes(
     wait_for(lambda: client.get_run(run_id).info.status != "RUNNING", 10, "still RUNNING")
     assert client.get_run(run_id).info.status == "KILLED"
     assert "KILLED" in (tmp_path / LOG_FILE).read_text()
+
+
+@pytest.fixture
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as in a tracked run; the old handler back after."""
+    old = interrupt_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_inside_signals_held_is_delivered_when_the_block_ends(sigterm_interrupts, signum):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finished = []
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with signals_held():
+            os.kill(os.getpid(), signum)
+            finished.append(sum(range(10**5)))  # time enough for the handler to have run
+    assert finished  # the block ran to its end
+    assert str(raised.value) == ("" if signum == signal.SIGINT else f"signal {signum}")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_inside_signals_held_is_delivered_at_once(sigterm_interrupts):
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("past the second")
+    assert reached == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_held_without_a_signal_changes_nothing():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with signals_held():
+        pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
