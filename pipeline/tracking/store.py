@@ -7,7 +7,8 @@
   cannot be opened, is refused within seconds with one line that names the URI. A
   brand-new SQLite store is created and migrated by one process at a time, under a file
   lock beside it (``mlflow.db.lock``), and experiments are created under the same lock, so
-  runs and sweeps started together on a new store all land.
+  runs and sweeps started together on a new store all land. A creation cut short (Ctrl-C or
+  a kill during MLflow's schema migrations) is redone by the next run (``_open_sqlite``).
 * Experiments are created as model-training experiments (the experiment kind that
   MLflow's UI reads from the ``mlflow.experimentKind`` tag) with a description; on SQLite,
   their artifacts go beside the database (``mlruns/<experiment>/``).
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the launch directory
 LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same SQLite store
+# What opening a SQLite store says when a schema migration that was cut short runs again
+MIGRATION_REDONE = r"sqlite3\.OperationalError: (table|index) \S+ already exists"
 # The tag MLflow's UI reads to open an experiment in its "Model training" view. MLflow 3.17's
 # UI picks the view from its ?workflowType= URL parameter instead, so links carry both.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -174,6 +177,25 @@ def _open_client(uri: str) -> MlflowClient:
     return client
 
 
+def _open_sqlite(uri: str, path: Path) -> MlflowClient:
+    """``_open_client`` for a SQLite store, called under its lock. A new store is created
+    with a marker beside it (``mlflow.db.creating``), removed once MLflow has migrated it;
+    a store found with its marker is one whose creation was cut short. MLflow's migrations
+    commit step by step, so such a store refuses every later run ("table logged_models
+    already exists"); it never held a run (runs start after the marker is gone), and is
+    deleted and created again."""
+    creating = path.with_name(f"{path.name}.creating")
+    if creating.exists():
+        for suffix in ("", "-journal", "-wal", "-shm"):  # a hot journal would be replayed
+            path.with_name(path.name + suffix).unlink(missing_ok=True)  # into the new file
+    elif path.exists():
+        return _open_client(uri)
+    creating.touch()
+    client = _open_client(uri)
+    creating.unlink()
+    return client
+
+
 def _get_or_create(
     client: MlflowClient, name: str, description: str, artifacts: Path | None = None
 ) -> str:
@@ -217,7 +239,7 @@ def open_experiment(
                 client = _open_client(uri)
                 return client, name and _get_or_create(client, name, description)
             with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
-                client = _open_client(uri)
+                client = _open_sqlite(uri, path)
                 # Artifacts beside the database, wherever the run is launched from (MLflow
                 # puts them in ./mlruns of the process that creates the experiment).
                 artifacts = path.parent / "mlruns"
@@ -227,7 +249,11 @@ def open_experiment(
             f"MLflow store {uri}: another process held {path}.lock for {LOCK_TIMEOUT:.0f} s"
         ) from None
     except Exception as e:  # MlflowException, SQLAlchemy's and the OS's errors alike
-        raise TrackingError(f"MLflow store {uri} cannot be opened: {one_line(e)}") from None
+        error = one_line(e)
+        if path is not None and re.match(MIGRATION_REDONE, error):  # made before the marker
+            error += f" (its schema migration was cut short; if {path} holds no runs, " \
+                     "delete it and run again)"
+        raise TrackingError(f"MLflow store {uri} cannot be opened: {error}") from None
 
 
 def no_progress_bars() -> None:

@@ -268,6 +268,44 @@ def test_runs_and_a_sweep_started_together_on_a_new_store_all_land(tmp_path):
     assert len({r.info.experiment_id for r in runs}) == 1
 
 
+# Opens a new SQLite store as a run does, cut short by Ctrl-C in MLflow's schema migrations,
+# right after their first new table (they commit step by step: the table stays, the version
+# that says so is not written). In a process of its own, as a run that is cut short is.
+CUT_SHORT = """
+import sys
+
+from alembic.operations import Operations
+
+from pipeline.tracking.store import open_experiment
+
+create_table = Operations.create_table
+def create_table_then_ctrl_c(self, *args, **kwargs):
+    create_table(self, *args, **kwargs)
+    raise KeyboardInterrupt
+
+Operations.create_table = create_table_then_ctrl_c
+open_experiment(sys.argv[1], "pipeline-digits")
+"""
+
+
+@pytest.mark.parametrize("marker", [True, False], ids=["cut-short-here", "older"])
+def test_a_store_whose_creation_was_cut_short_is_made_again_by_the_next_run(tmp_path, marker):
+    uri, path = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow.db"
+    cut = subprocess.run([sys.executable, "-c", CUT_SHORT, uri], cwd=tmp_path,
+                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    assert "KeyboardInterrupt" in cut.stderr and path.is_file()
+    assert (tmp_path / "mlflow.db.creating").is_file()
+    if not marker:  # a store cut short by a version without the marker
+        (tmp_path / "mlflow.db.creating").unlink()
+        line = one_line_error(cli(tmp_path, "trainer.epochs=1"))
+        assert "already exists" in line and f"if {path} holds no runs, delete it" in line
+        return
+    proc = cli(tmp_path, "trainer.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert only_run(uri)[1].info.status == "FINISHED"
+    assert not (tmp_path / "mlflow.db.creating").exists()
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The run failed with exactly one line on stderr (no traceback); that line."""
     assert proc.returncode != 0
