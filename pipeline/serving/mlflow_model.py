@@ -29,6 +29,7 @@ Input: raw images ``(m, n_H, n_W, n_C)`` uint8, as in the HDF5 files; output: cl
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -189,18 +190,26 @@ def log_pyfunc_model(
         input_example = default_input_example(predictor.input_shape)
     example = as_images(input_example, predictor.input_shape)
     signature = infer_signature(example, predictor.predict(example).astype(np.int64))
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).resolve()),
-        artifacts={key: str(run_dir / filename) for key, filename in ARTIFACTS.items()},
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pinned(),
-        params=params,
-        tags=tags,
-        model_type=MODEL_TYPE,
-        registered_model_name=registered_model_name,
-    )
+    # MLflow says at INFO, on stderr of every run, that it validates the input example;
+    # its warnings and errors still show.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.WARNING)
+    try:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).resolve()),
+            artifacts={key: str(run_dir / filename) for key, filename in ARTIFACTS.items()},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pinned(),
+            params=params,
+            tags=tags,
+            model_type=MODEL_TYPE,
+            registered_model_name=registered_model_name,
+        )
+    finally:
+        pyfunc_log.setLevel(level)
 
 
 set_model(CNNModel())

@@ -51,6 +51,13 @@ def cli_run(tmp_path_factory):
     return f"sqlite:///{tmp / 'mlflow.db'}", out, proc, (start, wall)
 
 
+def test_a_finished_run_leaves_stderr_empty(cli_run):
+    """Its lines are on stdout; MLflow's own notes (it validates the model's input
+    example, at INFO) are not on stderr, where errors go."""
+    *_, proc, _ = cli_run
+    assert proc.stderr == "", proc.stderr
+
+
 def test_params_are_the_flattened_config(cli_run):
     uri, *_ = cli_run
     _, run = only_run(uri)
