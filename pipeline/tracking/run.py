@@ -67,7 +67,7 @@ from pipeline.tracking.store import (
     ui_url,
 )
 from pipeline.tracking.tracker import Tracker
-from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
+from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm, signals_held_for
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -170,9 +170,11 @@ def _tracker(cfg: DictConfig, uri: str, info: dict[str, Any], out_dir: Path,
 
 def _begin(tracker: Tracker, activate: Callable[[], None]) -> Tracker:
     """Make the run MLflow's active run (``activate``) and say where it is; a failure,
-    or Ctrl-C, ends it at once rather than leaving it RUNNING."""
+    or Ctrl-C, ends it at once rather than leaving it RUNNING (a Ctrl-C waits for the
+    requests to a SQLite store to return: ``signals_held``)."""
     try:
-        activate()
+        with signals_held_for(tracker.uri):
+            activate()
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         tracker.end_at_once("KILLED" if interrupted else "FAILED",

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default, in the launch directory
 LOCK_TIMEOUT = 120.0  # seconds to wait for another process creating the same SQLite store
 # What opening a SQLite store says when a schema migration that was cut short runs again
-MIGRATION_REDONE = r"sqlite3\.OperationalError: (table|index) \S+ already exists"
+MIGRATION_REDONE = (r"sqlite3\.OperationalError: "
+                    r"((table|index) \S+ already exists|duplicate column name)")
 # The tag MLflow's UI reads to open an experiment in its "Model training" view. MLflow 3.17's
 # UI picks the view from its ?workflowType= URL parameter instead, so links carry both.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -177,18 +178,33 @@ def _open_client(uri: str) -> MlflowClient:
     return client
 
 
+def _holds_runs(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` may hold a run: it has one, or it cannot be read
+    (read with the standard library: no MLflow engine is left open on a file about to be
+    deleted)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            return db.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None
+    except sqlite3.Error as e:
+        return "no such table" not in str(e)  # else it is kept, to be safe
+
+
 def _open_sqlite(uri: str, path: Path) -> MlflowClient:
-    """``_open_client`` for a SQLite store, called under its lock. A new store is created
-    with a marker beside it (``mlflow.db.creating``), removed once MLflow has migrated it;
-    a store found with its marker is one whose creation was cut short. MLflow's migrations
-    commit step by step, so such a store refuses every later run ("table logged_models
-    already exists"); it never held a run (runs start after the marker is gone), and is
-    deleted and created again."""
+    """``_open_client`` for a SQLite store, called under its lock. A new (or empty) store
+    is created with a marker beside it (``mlflow.db.creating``), removed once MLflow has
+    migrated it. A store found with its marker is one whose creation was cut short:
+    MLflow's migrations commit step by step, so it refuses every later run ("table
+    logged_models already exists"). Holding no run, it is deleted and created again."""
     creating = path.with_name(f"{path.name}.creating")
-    if creating.exists():
+    if creating.exists() and not _holds_runs(path):
         for suffix in ("", "-journal", "-wal", "-shm"):  # a hot journal would be replayed
             path.with_name(path.name + suffix).unlink(missing_ok=True)  # into the new file
-    elif path.exists():
+    elif path.exists() and path.stat().st_size > 0:
+        creating.unlink(missing_ok=True)
         return _open_client(uri)
     creating.touch()
     client = _open_client(uri)
@@ -251,8 +267,8 @@ def open_experiment(
     except Exception as e:  # MlflowException, SQLAlchemy's and the OS's errors alike
         error = one_line(e)
         if path is not None and re.match(MIGRATION_REDONE, error):  # made before the marker
-            error += f" (its schema migration was cut short; if {path} holds no runs, " \
-                     "delete it and run again)"
+            error += (f" (its schema migration was cut short; if {path} holds no runs, "
+                      "delete it and run again)")
         raise TrackingError(f"MLflow store {uri} cannot be opened: {error}") from None
 
 

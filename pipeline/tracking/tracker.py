@@ -30,7 +30,7 @@ from pipeline.tracking.store import (
     store_errors,
     ui_command,
 )
-from pipeline.tracking.watchdog import Watchdog, signals_held
+from pipeline.tracking.watchdog import Watchdog, signals_held_for
 
 log = logging.getLogger("pipeline")
 
@@ -63,12 +63,12 @@ class Tracker:
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, unless tracking is off or already failed; a failure is
-        noted (and the run goes on without MLflow), not raised. Ctrl-C and SIGTERM wait
-        until it returns (``signals_held``)."""
+        noted (and the run goes on without MLflow), not raised. On a SQLite store, Ctrl-C
+        and SIGTERM wait until it returns (``signals_held``)."""
         if not self.enabled or self.failure:
             return None
         try:
-            with signals_held():
+            with signals_held_for(self.uri):
                 return fn(*args, **kwargs)
         except store_errors() as e:  # the store's; a bug in this code still fails the run
             self.failure = f"{what} failed: {one_line(e)}"

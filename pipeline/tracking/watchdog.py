@@ -1,7 +1,7 @@
 """How tracked runs end when their process is stopped or dies.
 
 ``interrupt_on_sigterm`` makes SIGTERM end a run (or a sweep) like Ctrl-C does: KILLED.
-``signals_held`` keeps both out of a request to the store, then delivers them.
+``signals_held`` keeps both out of a request to a SQLite store, then delivers them.
 The watchdog of a tracked run ends the MLflow run when the process running it cannot:
 
     python -m pipeline.tracking.watchdog URI RUN_ID RUN_DIR
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline.tracking.store import end_run as end_in_store
-from pipeline.tracking.store import no_http_retries, one_line, server_answers
+from pipeline.tracking.store import no_http_retries, one_line, server_answers, sqlite_path
 
 PATIENCE = 24 * 3600.0  # seconds to keep trying to end a run whose store does not answer
 DIED = "the pipeline process ended without ending its run (killed, or it crashed)"
@@ -57,41 +57,55 @@ def interrupt_on_sigterm() -> Any:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while MLflow talks to its store, then delivered.
+    """Ctrl-C and SIGTERM held back while MLflow talks to a SQLite store, then delivered.
 
     Raised in the middle of a request, KeyboardInterrupt can leave a SQLite read open: the
     interrupted cursor lives on in the exception's traceback, and Python 3.11's sqlite3 no
     longer resets statements on rollback. Ending the run KILLED then waited 20 s on
     "database is locked" and printed MLflow's traceback. A second signal while one is held
-    is delivered at once: the user insists. Outside the main thread (where handlers cannot
-    be set) nothing is held."""
-    if threading.current_thread() is not threading.main_thread():
+    delivers both at once: the user insists. Each goes to the handler it would have met,
+    in order. An ignored signal stays ignored; outside the main thread (where handlers
+    cannot be set), or inside another such block, nothing more is held."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+        getattr(signal.getsignal(s), "holds_signals", False) for s in signums
+    ):
         yield
         return
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    old = {signum: h for signum, h in handlers.items() if h is not None}  # None: set in C
+    handlers = {signum: signal.getsignal(signum) for signum in signums}
+    old = {s: h for s, h in handlers.items() if h not in (None, signal.SIG_IGN)}  # None: C's
     held: list[int] = []
+    delivered = False
 
-    def restore() -> None:
-        while old:
-            signum, handler = old.popitem()
+    def deliver() -> None:
+        nonlocal delivered
+        if delivered:
+            return
+        delivered = True
+        for signum, handler in old.items():
             signal.signal(signum, handler)
+        for signum in held:  # its handler runs here and now (and may raise)
+            signal.raise_signal(signum)
 
     def hold(signum: int, frame: Any) -> None:
-        if held:  # the second: delivered now, by the handler it would have met
-            restore()
-            signal.raise_signal(signum)
         held.append(signum)
+        if len(held) > 1:
+            deliver()
 
+    hold.holds_signals = True  # type: ignore[attr-defined]
     for signum in old:
         signal.signal(signum, hold)
     try:
         yield
     finally:
-        if old:  # not delivered yet
-            restore()
-            if held:
-                signal.raise_signal(held[0])  # runs the restored handler here and now
+        deliver()
+
+
+def signals_held_for(uri: str) -> contextlib.AbstractContextManager[None]:
+    """``signals_held`` around a request to the store at ``uri`` if it is SQLite. A
+    server's request can be cut anywhere, and held through MLflow's retries (minutes) a
+    Ctrl-C would seem to do nothing."""
+    return signals_held() if sqlite_path(uri) is not None else contextlib.nullcontext()
 
 
 class Watchdog:

@@ -117,6 +117,29 @@ def test_ctrl_c_during_a_store_request_waits_for_it_then_ends_the_run_killed(
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_creation_marker_beside_a_store_that_holds_runs_never_deletes_it(tmp_path):
+    """The marker says a creation was cut short; a store with a run is kept whatever. The
+    second open is another process's (MLflow keeps this one's engine on the first file),
+    and the file is read back with the standard library."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from pipeline.tracking.store import open_experiment
+    from tests.support import pipeline_env
+
+    uri, path = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlflow.db"
+    client, experiment_id = open_experiment(uri, "kept")
+    client.create_run(experiment_id)
+    (tmp_path / "mlflow.db.creating").touch()  # left by a crash, or by a failed open
+    reopen = "import sys; from pipeline.tracking.store import open_experiment as o; o(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", reopen, uri], env=pipeline_env(), check=True,
+                   timeout=120)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (1,)
+    assert not (tmp_path / "mlflow.db.creating").exists()
+
+
 @pytest.mark.slow  # a server in a subprocess
 def test_a_run_on_a_real_server(tmp_path, mlflow_server):
     cfg = make_cfg(f"tracking.uri={mlflow_server.uri}", "trainer.epochs=2", *QUICK,

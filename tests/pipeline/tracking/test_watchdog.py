@@ -86,8 +86,8 @@ def test_a_signal_inside_signals_held_is_delivered_when_the_block_ends(sigterm_i
     finished = []
     with pytest.raises(KeyboardInterrupt) as raised:
         with signals_held():
-            os.kill(os.getpid(), signum)
-            finished.append(sum(range(10**5)))  # time enough for the handler to have run
+            os.kill(os.getpid(), signum)  # its handler runs at the next bytecode: held
+            finished.append(True)
     assert finished  # the block ran to its end
     assert str(raised.value) == ("" if signum == signal.SIGINT else f"signal {signum}")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
@@ -110,3 +110,32 @@ def test_signals_held_without_a_signal_changes_nothing():
     with signals_held():
         pass
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_two_held_signals_are_both_delivered_in_order_at_the_second():
+    seen: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: seen.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}  # handlers that do not raise
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            at_the_second = list(seen)
+        assert at_the_second == [signal.SIGINT, signal.SIGTERM] and len(seen) == 2
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def test_an_ignored_signal_stays_ignored_and_an_inner_block_leaves_the_outer_one_holding():
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+                with signals_held():
+                    os.kill(os.getpid(), signal.SIGINT)
+                reached = True  # the inner block's end delivered nothing
+        assert reached and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
