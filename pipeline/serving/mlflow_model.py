@@ -44,6 +44,7 @@ from mlflow.models.model import ModelInfo
 
 from pipeline.run_files import MODEL_CARD, NORMALIZER, WEIGHTS
 from pipeline.serving.inference import Predictor
+from pipeline.tracking.store import quiet_mlflow
 
 # Artifact key -> the file name Predictor expects in a run directory.
 ARTIFACTS = {"model_card": MODEL_CARD, "weights": WEIGHTS, "normalizer": NORMALIZER}
@@ -192,10 +193,7 @@ def log_pyfunc_model(
     signature = infer_signature(example, predictor.predict(example).astype(np.int64))
     # MLflow says at INFO, on stderr of every run, that it validates the input example;
     # its warnings and errors still show.
-    pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_log.level
-    pyfunc_log.setLevel(logging.WARNING)
-    try:
+    with quiet_mlflow(logging.WARNING, ("mlflow.pyfunc",)):
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).resolve()),
@@ -208,8 +206,6 @@ def log_pyfunc_model(
             model_type=MODEL_TYPE,
             registered_model_name=registered_model_name,
         )
-    finally:
-        pyfunc_log.setLevel(level)
 
 
 set_model(CNNModel())

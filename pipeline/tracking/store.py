@@ -279,21 +279,23 @@ def no_progress_bars() -> None:
 
 
 @contextlib.contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """MLflow's own log (and that of alembic, its schema migrations) quiet while it opens a
-    store or starts a run: it logs a database error with its whole traceback (60 lines)
-    before raising it, and the caller reports that error itself, in one line."""
+def quiet_mlflow(level: int = logging.CRITICAL,
+                 names: Sequence[str] = ("mlflow", "alembic")) -> Iterator[None]:
+    """MLflow's own log (and that of alembic, its schema migrations) quiet below ``level``
+    while it opens a store or starts a run: it logs a database error with its whole
+    traceback (60 lines) before raising it, and the caller reports that error itself, in
+    one line. ``names``: the loggers, e.g. just ``mlflow.pyfunc``."""
     import mlflow  # noqa: F401  (first: importing MLflow sets its loggers' levels)
 
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
+        logger.setLevel(level)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+        for logger, old in zip(loggers, levels, strict=True):
+            logger.setLevel(old)
 
 
 def open_store(uri: str) -> MlflowClient:

@@ -72,8 +72,8 @@ def signals_held() -> Iterator[None]:
     ):
         yield
         return
-    handlers = {signum: signal.getsignal(signum) for signum in signums}
-    old = {s: h for s, h in handlers.items() if h not in (None, signal.SIG_IGN)}  # None: C's
+    old = {s: h for s in signums  # None: a handler set in C
+           if (h := signal.getsignal(s)) not in (None, signal.SIG_IGN)}
     held: list[int] = []
     delivered = False
 
