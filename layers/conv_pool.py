@@ -51,6 +51,7 @@ from layers.base import Layer
 from layers.conv import Conv2D
 from layers.parallel import reused, thread_buffers
 from layers.pool import AvgPool2D, MaxPool2D, Pool2D
+from layers.pool_steps import max_of_phases, route_to_phases
 from layers.winograd import (
     CORNERS,
     OUTPUT,
@@ -142,7 +143,7 @@ class ConvPool:
             else:
                 Y = reused(thread_buffers(), "Y", (4, c * T, n_C), dtype)
                 np.matmul(output, M.reshape(16, -1), out=Y.reshape(4, -1))
-                _max_of_phases(Y, A_k, first[start:stop].reshape(c * T, n_C))
+                max_of_phases(Y, A_k, first[start:stop].reshape(c * T, n_C))
             A_k += b
             if self.relu is not None:
                 np.maximum(A_k, 0, out=A_k)
@@ -184,7 +185,8 @@ class ConvPool:
             if first is None:  # average: each phase gets a quarter
                 np.multiply(quarter, dA_k.reshape(1, -1), out=dM.reshape(16, -1))
             else:
-                _route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), dM)
+                phases = [dM[corner] for corner in CORNERS]  # where output_adjoint reads
+                route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), phases)
                 output_adjoint(dM)
             V = _tiles(X[start:stop], top, left, n_a, n_b) if kept is None else \
                 _chunk_of(kept, start, stop, (16, T, n_C_prev))
@@ -223,27 +225,3 @@ def _chunk_of(V_all: np.ndarray, start: int, stop: int, per_example: tuple[int, 
     size = math.prod(per_example)
     i, T, n = per_example
     return V_all[start * size : stop * size].reshape(i, (stop - start) * T, n)
-
-
-def _max_of_phases(Y: np.ndarray, A: np.ndarray, first: np.ndarray) -> None:
-    """A (T, n_C) = the maximum of the four phases Y (4, T, n_C); ``first`` (T, n_C) uint8,
-    the first phase holding it (row-major within the window; a tie keeps the earlier)."""
-    np.maximum(Y[0], Y[1], out=A)
-    np.greater(Y[1], Y[0], out=first.view(bool))
-    above = np.empty(A.shape, dtype=bool)
-    phase = np.empty(first.shape, dtype=np.uint8)
-    for p in (2, 3):
-        np.greater(Y[p], A, out=above)  # strictly: a tie keeps the earlier phase
-        np.maximum(A, Y[p], out=A)
-        np.multiply(above, np.uint8(p), out=phase)  # p is above every earlier phase
-        np.maximum(first, phase, out=first)
-
-
-def _route_to_phases(dA: np.ndarray, first: np.ndarray, dM: np.ndarray) -> None:
-    """Each window's gradient dA (T, n_C) under the phase ``first`` (T, n_C) holding its
-    first maximum, zeros under the others: the phases' gradients, written where
-    ``output_adjoint`` takes them, at ``CORNERS`` of dM (16, T, n_C)."""
-    is_first = np.empty(first.shape, dtype=bool)
-    for p, corner in enumerate(CORNERS):
-        np.equal(first, p, out=is_first)
-        np.multiply(dA, is_first, out=dM[corner])

@@ -32,12 +32,13 @@ from layers.activations import Dropout, Flatten, ReLU
 from layers.augment import RandomShift
 from layers.base import Layer, Shape, shape_str
 from layers.conv import Conv2D
-from layers.conv_pool import MIN_CHANNELS, ConvPool
+from layers.conv_pool import ConvPool
 from layers.dense import Dense
 from layers.first_conv_pool import MIN_WINDOW, FirstConvPool
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from layers.norm import BatchNorm
+from layers.patch_conv_pool import PatchConvPool
 from layers.pool import MaxPool2D, Pool2D
 
 TOL = 1e-6  # the largest relative error that passes
@@ -162,16 +163,19 @@ def check_layer(
 def check_conv_pool(
     filters: int, mode: str, pad: int | str, input_shape: Shape, batch: int = 2, seed: int = 0
 ) -> list[Result]:
-    """Check a 3x3 convolution and the 2x2 pool after it run as one step (``ConvPool``:
-    Winograd's algorithm, pooled phases), as a Network runs them: the input, W and b."""
+    """Check a 3x3 convolution and the 2x2 pool after it run as one step, as a Network runs
+    them: ``ConvPool`` (Winograd's algorithm, pooled phases) for 8 or more input channels
+    (``conv_pool.MIN_CHANNELS``), else ``PatchConvPool`` (a product per pooling window):
+    the input, W and b."""
     rng = np.random.default_rng(seed)
     conv, pool = Conv2D(filters, 3, 1, pad), Pool2D(2, 2, mode)
     out_shape = pool.build(conv.build(input_shape, rng, np.float64), rng, np.float64)
-    if not ConvPool.fits(conv, pool, input_shape):
+    kind = next((kind for kind in (ConvPool, PatchConvPool)
+                 if kind.fits(conv, pool, input_shape)), None)
+    if kind is None:
         raise ValueError(f"ConvPool: {conv!r} then {pool!r} on input {shape_str(input_shape)}"
-                         f" do not run together: it needs {MIN_CHANNELS} or more input "
-                         "channels and an output of at least 2x2")
-    return check_step(ConvPool(conv, pool), f"{conv!r} + {pool!r} (ConvPool)",
+                         " do not run together: they need an output of at least 2x2")
+    return check_step(kind(conv, pool), f"{conv!r} + {pool!r} ({kind.__name__})",
                       (batch, *input_shape), out_shape, rng, input_grad=True)
 
 
@@ -191,8 +195,8 @@ def check_first_conv_pool(
                       out_shape, rng, input_grad=False)
 
 
-def check_step(step: ConvPool | FirstConvPool, label: str, x_shape: Shape, out_shape: Shape,
-               rng: np.random.Generator, input_grad: bool) -> list[Result]:
+def check_step(step: ConvPool | PatchConvPool | FirstConvPool, label: str, x_shape: Shape,
+               out_shape: Shape, rng: np.random.Generator, input_grad: bool) -> list[Result]:
     """Check a fused step of a Network (its conv built in float64) on a batch X of
     ``x_shape``, for ``L = sum(forward(X) * G)``: the conv's W and b, and the input if
     ``input_grad``."""

@@ -171,7 +171,8 @@ def fused_kinds(kind: Callable[..., argparse.ArgumentParser]) -> None:
     """The sub-commands of the steps a Network runs two layers as (``make_parser``'s
     ``kind`` makes each)."""
     conv_pool = kind("convpool", "a 3x3 Conv2D and the 2x2 pool after it run as one step "
-                     "(ConvPool, Winograd): the input, W and b", "6x6x8")
+                     "(ConvPool, Winograd; PatchConvPool below 8 input channels): the input, "
+                     "W and b", "6x6x8")
     conv_pool.add_argument("--filters", type=int, default=3, help="output channels")
     conv_pool.add_argument("--mode", choices=POOL_MODES, default="max")
     conv_pool.add_argument("--pad", type=pad_arg, default="same", help="an int, same or valid")

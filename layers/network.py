@@ -13,6 +13,7 @@ from layers.conv_pool import ConvPool
 from layers.first_conv_pool import FirstConvPool
 from layers.losses import softmax
 from layers.parallel import one_blas_thread
+from layers.patch_conv_pool import PatchConvPool
 
 
 def check_same_arrays(
@@ -34,26 +35,27 @@ def check_same_arrays(
         )
 
 
-Step = Layer | ConvPool | FirstConvPool  # what a Network runs: a layer, or a conv and its pool
+Step = Layer | ConvPool | PatchConvPool | FirstConvPool  # a layer, or a conv and its pool
 
 
 def fused_steps(layers: list[Layer], input_shapes: list[Shape]) -> list[Step]:
     """The steps a network runs: its layers in order, except that a convolution and the
     pooling after it become one step where it fits (``fits`` on the conv's per-example
-    input shape, from ``input_shapes``): a ``ConvPool`` (Winograd, pooled phases; it takes
-    a ReLU right after the pool too), else a ``FirstConvPool`` (large max-pool windows; the
+    input shape, from ``input_shapes``): a ``ConvPool`` (Winograd, pooled phases) or, for
+    few input channels, a ``PatchConvPool`` (a product per pooling window), either taking a
+    ReLU right after the pool too, else a ``FirstConvPool`` (large max-pool windows; the
     first conv's weights' gradient from the windows' maxima)."""
     steps: list[Step] = []
     i = 0
     while i < len(layers):
         pair = layers[i : i + 2]
-        kind = next((kind for kind in (ConvPool, FirstConvPool)
+        kind = next((kind for kind in (ConvPool, PatchConvPool, FirstConvPool)
                      if len(pair) == 2 and kind.fits(*pair, input_shapes[i])), None)
         after = layers[i + 2] if i + 2 < len(layers) else None
         if kind is None:
             step: Step = layers[i]
-        elif kind is ConvPool and isinstance(after, ReLU):
-            step = ConvPool(*pair, relu=after)
+        elif kind in (ConvPool, PatchConvPool) and isinstance(after, ReLU):
+            step = kind(*pair, relu=after)
         else:
             step = kind(*pair)
         steps.append(step)

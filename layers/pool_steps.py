@@ -201,3 +201,30 @@ def mean_backward_along(
             dX[index] += share
         else:
             dX[index] = share
+
+
+def max_of_phases(Y: np.ndarray, A: np.ndarray, first: np.ndarray) -> None:
+    """A (T, n_C) = the maximum of the four phases Y (4, T, n_C) of 2x2 windows, pixel
+    (p // 2, p % 2) of each window in phase p; ``first`` (T, n_C) uint8, the first phase
+    holding it (row-major within the window; a tie keeps the earlier). Each step reads
+    whole matrices (T, n_C): the fused steps (``layers.conv_pool``,
+    ``layers.patch_conv_pool``) hand over their output as phases."""
+    np.maximum(Y[0], Y[1], out=A)
+    np.greater(Y[1], Y[0], out=first.view(bool))
+    above = np.empty(A.shape, dtype=bool)
+    phase = np.empty(first.shape, dtype=np.uint8)
+    for p in (2, 3):
+        np.greater(Y[p], A, out=above)  # strictly: a tie keeps the earlier phase
+        np.maximum(A, Y[p], out=A)
+        np.multiply(above, np.uint8(p), out=phase)  # p is above every earlier phase
+        np.maximum(first, phase, out=first)
+
+
+def route_to_phases(dA: np.ndarray, first: np.ndarray, phases: list[np.ndarray]) -> None:
+    """Each window's gradient dA (T, n_C) under the phase ``first`` (T, n_C) holding its
+    first maximum (``max_of_phases``), zeros under the others: written into the four
+    arrays ``phases``, each (T, n_C)."""
+    is_first = np.empty(first.shape, dtype=bool)
+    for p, out in enumerate(phases):
+        np.equal(first, p, out=is_first)
+        np.multiply(dA, is_first, out=out)

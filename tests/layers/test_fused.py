@@ -12,7 +12,8 @@ the weights' gradient from the windows' maxima alone).
   layers one after the other, bit for bit.
 * ``FirstConvPool`` against the two layers on both im2col paths (planar and rows), strides,
   paddings and pooling strides, ties included; ``MaxPool2D.first_maxima`` against argmax.
-* ``Network`` runs a conv and its pool as one step exactly where it fits, with the results
+* ``Network`` runs a conv and its pool as one step exactly where it fits (few input
+  channels: ``layers.patch_conv_pool``, tested in ``test_patch_conv_pool.py``), with the results
   of the layers run one by one; the number of threads does not change them.
 """
 
@@ -31,6 +32,7 @@ from layers.conv_pool import ConvPool
 from layers.dense import Dense
 from layers.first_conv_pool import FirstConvPool
 from layers.network import Network
+from layers.patch_conv_pool import PatchConvPool
 from layers.pool import Pool2D
 from layers.winograd import (
     A_T,
@@ -379,9 +381,9 @@ def test_a_network_runs_each_conv_and_its_pool_as_one_step_where_it_fits():
     net = Network(small_cnn())
     net.build((16, 12, 3), dtype=np.float64)
     assert [getattr(step, "name", None) for step in net.steps] == [
-        "conv1", "pool1", "relu1", "conv2+pool2+relu2", "conv3+pool3", "flatten", "logits"
-    ]  # conv1 has 3 input channels: it stays im2col; a ReLU after a ConvPool joins it
-    assert [type(step) for step in net.steps[3:5]] == [ConvPool, ConvPool]
+        "conv1+pool1+relu1", "conv2+pool2+relu2", "conv3+pool3", "flatten", "logits"
+    ]  # a ReLU right after the pool joins the step
+    assert [type(step) for step in net.steps[:3]] == [PatchConvPool, ConvPool, ConvPool]
     net = Network([Conv2D(4, 4, 1, "same", name="conv1"), Pool2D(8, name="pool1"),
                    ReLU(name="relu1"), Flatten(name="flatten"), Dense(3, name="logits")])
     net.build((16, 16, 3), dtype=np.float64)  # the SIGNS model's first block

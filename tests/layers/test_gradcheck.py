@@ -246,6 +246,14 @@ def test_command(args: tuple[str, ...], rows: int | None) -> None:
             assert f"\n{name}" in done.stdout, name
 
 
+@pytest.mark.parametrize(("n_C_prev", "step"), [(8, "ConvPool"), (3, "PatchConvPool")])
+def test_convpool_checks_the_step_a_network_would_run(n_C_prev: int, step: str, capsys) -> None:
+    assert main(["convpool", "--input", f"6x5x{n_C_prev}"]) == 0
+    out = capsys.readouterr().out
+    assert_table(out, 3)
+    assert out.count(f"({step})") == 3
+
+
 BAD = {
     "unknown kind": (["bogus"], "invalid choice: 'bogus'"),
     "not an int": (["conv", "--filters", "x"], "argument --filters: invalid int value: 'x'"),
