@@ -17,8 +17,9 @@ Efficiency: the matrix-product peak is the best float32 ``A @ B`` GFLOP/s of squ
 512-2048 in this process with the same threads; a conv or dense layer's GFLOP/s is its
 epoch's multiply-adds (x2; backward: the weights' and the input's gradients) over the time
 its passes took in ours' extra, timed epoch (``epoch_worker.layer_times``). A conv that
-runs with its pool as one step (``Network.steps``: Winograd's algorithm, or the weights'
-gradient from the pool's maxima) is counted as the direct sum, over the step's time.
+runs with its pool as one step (``Network.steps``: Winograd's algorithm, a product per
+pooling window, or the weights' gradient from the pool's maxima) is counted as the direct
+sum, over the step's time.
 """
 
 from __future__ import annotations

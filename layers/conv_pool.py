@@ -68,7 +68,7 @@ from layers.winograd import (
 )
 
 # Input channels from which Winograd's transforms pay for themselves: with fewer, its 16
-# matrix products are too thin for BLAS (a network's first layer keeps im2col).
+# matrix products are too thin for BLAS (a network's first layer: ``PatchConvPool``).
 MIN_CHANNELS = 8
 # Bytes of transformed tiles (V and M) per chunk: they stay in cache between the steps.
 CHUNK_BYTES = 4 * 2**20

@@ -78,6 +78,7 @@ ALL = [
     ["pool", "--mode", "average"],
     ["pool", "--mode", "average", "--f", "3", "--stride", "1"],
     ["convpool"], ["convpool", "--mode", "average", "--pad", "0", "--input", "7x6x8"],
+    ["convpool", "--input", "6x5x3"],  # few input channels: PatchConvPool
     ["firstconvpool"],
     ["dense"], ["relu"], ["batchnorm"], ["batchnorm", "--input", "5"],  # images, vectors
     ["flatten"], ["dropout"], ["shift"], ["loss"], ["network"],

@@ -4,7 +4,8 @@ per pooling window.
 ``PatchConvPool(conv, pool)`` runs a built ``Conv2D`` (stride 1, fewer than
 ``conv_pool.MIN_CHANNELS`` input channels: an image network's first layer) and the
 ``MaxPool2D`` or ``AvgPool2D`` (f=2, stride 2) after it, as a ``Network`` runs them where
-``fits`` says so; the layers stay what they are, as in ``layers.conv_pool``.
+``fits`` says so; the layers stay what they are, as in ``layers.conv_pool``. Filters of 3x3
+and larger: a window's patch costs ((f+1)/f)^2 of the multiplications, 16/9 for 3x3.
 
 A 2x2 pooling window with stride 2 over the output of an f x f convolution reads one
 (f+1) x (f+1) patch of the padded input, and each of its four pixels, the phases
@@ -28,7 +29,10 @@ Why: for RGB images and 3x3 filters im2col's rows are 27 values and its product 
 columns, too thin for BLAS, and the conv's output is then pooled from strided views. Here
 the rows are 48 values, the product has 4*n_C columns (as four products of n_C: each
 phase a contiguous matrix), there are a quarter as many rows (the copy is half the size),
-and the conv's output never exists, for 16/9 of the multiplications. deep_cnn's first
+and the conv's output never exists. As in ``ConvPool`` the bias is added after pooling
+(``max(y + b) = max(y) + b``): two pixels that tie only once b is added (they differ by
+less than its rounding) send the gradient to the larger, where the layers send it to the
+first. deep_cnn's first
 block (3 -> 16 channels on 64x64 images, then the pool and the ReLU) takes 0.43 s of an
 epoch instead of 0.56 s as three layers (README, Speed).
 ``tests/layers/test_patch_conv_pool.py`` checks it against the reference loops in float64
@@ -53,6 +57,9 @@ from layers.pool_steps import max_of_phases, route_to_phases
 
 # Bytes of patches and phases (P and Y) per chunk: they stay in cache between the steps.
 CHUNK_BYTES = 4 * 2**20
+# The smallest filters taken: a patch costs ((f+1)/f)^2 of the multiplications, 2.25x for
+# 2x2 and 4x for 1x1 (measured faster than the layers one by one for 3x3 only).
+MIN_F = 3
 
 
 def shifted_filters(W: np.ndarray) -> np.ndarray:
@@ -91,11 +98,12 @@ class PatchConvPool:
     @staticmethod
     def fits(conv: object, pool: object, input_shape: tuple[int, ...]) -> bool:
         """True when ``conv`` then ``pool`` can run together on inputs of ``input_shape``
-        (n_H, n_W, n_C): a stride-1 Conv2D with fewer than ``MIN_CHANNELS`` input channels
-        and an output of at least 2x2, then a 2x2 max or average pool with stride 2."""
+        (n_H, n_W, n_C): a stride-1 Conv2D with filters of ``MIN_F`` or more and fewer than
+        ``MIN_CHANNELS`` input channels and an output of at least 2x2, then a 2x2 max or
+        average pool with stride 2."""
         if not (isinstance(conv, Conv2D) and isinstance(pool, MaxPool2D | AvgPool2D)):
             return False
-        if (conv.stride, pool.f, pool.stride) != (1, 2, 2):
+        if conv.stride != 1 or conv.f < MIN_F or (pool.f, pool.stride) != (2, 2):
             return False
         n_H, n_W, _ = conv.output_shape(input_shape)
         return input_shape[2] < MIN_CHANNELS and min(n_H, n_W) >= 2
@@ -103,13 +111,15 @@ class PatchConvPool:
     def __repr__(self) -> str:
         return f"PatchConvPool({', '.join(repr(layer) for layer in self.layers)})"
 
-    def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
         """For inputs of ``x_shape`` (m, n_H_prev, n_W_prev, n_C_prev): the windows (n_a,
-        n_b) per example, a patch's values K, and the examples per chunk."""
+        n_b) per example, a patch's values K, the examples per chunk, and the bytes of the
+        whole batch's patches and phases (P and Y)."""
         n_H, n_W, n_C = self.conv.output_shape(x_shape[1:])
         K = (self.conv.f + 1) ** 2 * x_shape[3]
         example = (n_H // 2) * (n_W // 2) * (K + 4 * n_C) * np.dtype(self.conv.dtype).itemsize
-        return n_H // 2, n_W // 2, K, parallel.chunk_size(x_shape[0], example, CHUNK_BYTES)
+        chunk = parallel.chunk_size(x_shape[0], example, CHUNK_BYTES)
+        return n_H // 2, n_W // 2, K, chunk, x_shape[0] * example
 
     def _patches(self, X_pad: np.ndarray, start: int, stop: int, T: int, K: int,
                  kept: np.ndarray | None) -> np.ndarray:
@@ -126,13 +136,12 @@ class PatchConvPool:
         conv, dtype = self.conv, self.conv.dtype
         conv.check_input(X)
         m, n_C = X.shape[0], conv.filters
-        n_a, n_b, K, chunk = self._geometry(X.shape)
+        n_a, n_b, K, chunk, nbytes = self._geometry(X.shape)
         T = n_a * n_b  # windows per example
         padding = conv.padding(*X.shape[1:3])
-        X_pad = pad_images(X, padding, reused(self._buffers, "padded",
-                                              padded_shape(X.shape, padding), dtype))
+        X_pad = X if not any(padding) else pad_images(
+            X, padding, reused(self._buffers, "padded", padded_shape(X.shape, padding), dtype))
         W4 = shifted_filters(conv.params["W"])  # (4, K, n_C)
-        W_mean = W4.mean(axis=0)  # (K, n_C): the average pool's one product
         b = conv.params["b"].reshape(n_C)
         A = np.empty((m, n_a, n_b, n_C), dtype=dtype)
         first = np.empty(A.shape, np.uint8) if isinstance(self.pool, MaxPool2D) else None
@@ -142,8 +151,8 @@ class PatchConvPool:
         def forward_chunk(k: int, start: int, stop: int) -> None:
             P = self._patches(X_pad, start, stop, T, K, kept)  # (c*T, K)
             A_k = A[start:stop].reshape(len(P), n_C)  # a view: rows (example, a, b)
-            if first is None:
-                np.matmul(P, W_mean, out=A_k)
+            if first is None:  # the average of the phases: one product
+                np.matmul(P, W4.mean(axis=0), out=A_k)
             else:
                 Y = reused(thread_buffers(), "Y", (4, len(P), n_C), dtype)
                 np.matmul(P, W4, out=Y)  # (4, c*T, n_C)
@@ -152,7 +161,7 @@ class PatchConvPool:
             if self.relu is not None:
                 np.maximum(A_k, 0, out=A_k)
 
-        parallel.over_chunks(forward_chunk, m, chunk, m * T * (K + 4 * n_C) * dtype.itemsize)
+        parallel.over_chunks(forward_chunk, m, chunk, nbytes)
         self.cache = (X_pad, X.shape, W4, kept, first, A)
         return A
 
@@ -165,7 +174,7 @@ class PatchConvPool:
         X_pad, x_shape, W4, kept, first, A = self.cache
         conv, dtype = self.conv, self.conv.dtype
         m, n_C = x_shape[0], conv.filters
-        n_a, n_b, K, chunk = self._geometry(x_shape)
+        n_a, n_b, K, chunk, nbytes = self._geometry(x_shape)
         if dA.shape != (m, n_a, n_b, n_C):
             raise conv.error(f"gradient shape {dA.shape} does not match the pool's output")
         T = n_a * n_b
@@ -195,7 +204,7 @@ class PatchConvPool:
                 dcols = dP.reshape(c * T, -1, x_shape[3]).transpose(1, 0, 2)  # ((f+1)^2, c*T, .)
                 col2im_add(dX_pad[start:stop], dcols, conv.f + 1, 2, n_a, n_b)
 
-        parallel.over_chunks(backward_chunk, m, chunk, m * T * (K + 4 * n_C) * dtype.itemsize)
+        parallel.over_chunks(backward_chunk, m, chunk, nbytes)
         conv.grads["W"] = shifted_adjoint(dW4_parts.sum(axis=0), conv.f)
         conv.grads["b"] = db_parts.sum(axis=0).reshape(1, 1, 1, n_C)
         if dX_pad is None:

@@ -1,9 +1,10 @@
 """The array steps pooling is made of, over NHWC images (m, n_H, n_W, n_C): reductions along
 one axis, the first maximum of each window, and the gradient's way back to it.
 
-Each works on whatever examples of the batch it is given: the layers (``layers.pool``) run
-them chunk by chunk, in threads. The height's steps read whole image rows (``n_W*n_C``
-contiguous values); only a reduction along the width reads runs of ``n_C``.
+Each works on whatever examples of the batch it is given: the layers (``layers.pool``) and
+the fused steps (``max_of_phases``, ``route_to_phases``) run them chunk by chunk, in
+threads. The height's steps read whole image rows (``n_W*n_C`` contiguous values); only a
+reduction along the width reads runs of ``n_C``.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@ pooling window (``layers.patch_conv_pool``), equal the two layers one after the 
 
 * The shifted filters and their adjoint (``<shift(W), D> == <W, adjoint(D)>``).
 * ``PatchConvPool`` against the step-by-step reference loops in float64 (< 1e-10), forward
-  and every gradient, on a grid of filter sizes (1, 2, 3, 5), even and odd sizes,
-  paddings and both pooling modes, with and without the ReLU after the pool; and against
-  PyTorch (``conv2d``, ``max_pool2d``, ``relu``).
+  and every gradient, on a grid of filter sizes (1 to 5), input channels (1, 3, 7), even
+  and odd sizes, paddings and both pooling modes, with and without the ReLU after the
+  pool; and against PyTorch (``conv2d``, ``max_pool2d``, ``relu``).
 * Ties (integer inputs, exact products): the same first maximum as the layers, bit for bit.
-* float32 stays float32; backward after an evaluation forward (patches not kept) and with
-  a batch too large to keep its patches; errors; which layers it fits.
+* float32 stays float32; patches kept or computed again by backward (an evaluation
+  forward, a batch too large to keep them), in 1 or 3 threads: the same results, bit for
+  bit across thread counts; errors; which layers it fits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import zlib
 import numpy as np
 import pytest
 
-from layers import patch_conv_pool, reference
+from layers import parallel, patch_conv_pool, reference
 from layers.activations import ReLU
 from layers.conv import Conv2D
 from layers.patch_conv_pool import PatchConvPool, shifted_adjoint, shifted_filters
@@ -70,22 +71,23 @@ def test_the_shifted_filters_adjoint_is_their_transpose(f):
 
 
 GRID = [
-    (m, n_H, n_W, f, pad, mode, relu)
-    for m, (n_H, n_W), (f, pad), mode, relu in itertools.product(
+    (m, n_H, n_W, f, pad, (1, 3, 7)[k % 3], mode, relu)  # input channels: 1, 3 or 7 in turn
+    for k, (m, (n_H, n_W), (f, pad), mode, relu) in enumerate(itertools.product(
         (1, 3), ((8, 8), (7, 5), (4, 9)),
-        ((3, "same"), (3, 0), (3, 2), (1, 0), (2, "same"), (5, "same")),
+        ((3, "same"), (3, 0), (3, 2), (4, "same"), (5, "same"), (1, 0), (2, "same")),
         ("max", "average"), (False, True),
-    )
+    ))
 ]
 
 
-@pytest.mark.parametrize(("m", "n_H", "n_W", "f", "pad", "mode", "relu"), GRID)
-def test_patch_conv_pool_equals_the_reference_loops(m, n_H, n_W, f, pad, mode, relu):
+@pytest.mark.parametrize(("m", "n_H", "n_W", "f", "pad", "n_C_prev", "mode", "relu"), GRID)
+def test_patch_conv_pool_equals_the_reference_loops(m, n_H, n_W, f, pad, n_C_prev, mode, relu):
+    """Also for 1x1 and 2x2 filters, which a Network leaves to the layers (``fits``)."""
     rng = rng_for(m, n_H, n_W, f, pad, mode, relu)
-    conv, pool, relu_layer = build(n_H, n_W, 3, 5, f, pad, mode, rng, relu=relu)
-    X = rng.standard_normal((m, n_H, n_W, 3))
+    conv, pool, relu_layer = build(n_H, n_W, n_C_prev, 5, f, pad, mode, rng, relu=relu)
+    X = rng.standard_normal((m, n_H, n_W, n_C_prev))
     step = PatchConvPool(conv, pool, relu_layer)
-    assert PatchConvPool.fits(conv, pool, X.shape[1:])
+    assert PatchConvPool.fits(conv, pool, X.shape[1:]) is (f >= 3)
     A = step.forward(X)
     dA = rng.standard_normal(A.shape)
     dX = step.backward(dA)
@@ -165,6 +167,38 @@ def test_float32_stays_float32_and_agrees_with_the_layers():
     np.testing.assert_allclose(conv.grads["b"], db, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("keep", [True, False])
+def test_chunks_in_threads_give_the_layers_results_bit_for_bit_across_thread_counts(
+        monkeypatch, keep, training):
+    """Many chunks, shared out between 1 or 3 threads, with the patches kept by forward or
+    computed again by backward (an evaluation forward, or ``KEEP_COLS_BYTES = 0``): the
+    layers' results, and the same bits for any number of threads."""
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)  # threads for any size
+    if not keep:
+        monkeypatch.setattr(patch_conv_pool, "KEEP_COLS_BYTES", 0)
+    rng = rng_for("threads", keep, training)
+    conv, pool, relu = build(33, 31, 3, 4, 3, "same", "max", rng, relu=True)
+    X = rng.standard_normal((24, 33, 31, 3))
+    dA = rng.standard_normal((24, 16, 15, 4))
+    A, dX, dW, db = layers_one_by_one(conv, pool, relu, X, dA)
+    before = parallel.num_threads()
+    results = []
+    try:
+        for n_threads in (1, 3):
+            parallel.set_num_threads(n_threads)
+            step = PatchConvPool(conv, pool, relu)
+            A2 = step.forward(X, training=training)
+            assert (step.cache[3] is not None) is (keep and training)
+            results.append((A2, step.backward(dA), conv.grads["W"].copy(), conv.grads["b"]))
+    finally:
+        parallel.set_num_threads(before)
+    for got, expected in zip(results[0], (A, dX, dW, db), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+    for one, three in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, three)
+
+
 @pytest.mark.parametrize("mode", ["max", "average"])
 def test_patches_not_kept_are_computed_again_by_backward(monkeypatch, mode):
     """After an evaluation forward (saliency maps) the patches are not kept, nor in
@@ -208,6 +242,7 @@ def test_backward_without_input_gradient_and_errors():
     [
         (3, 1, 2, 2, 3, True),
         (5, 1, 2, 2, 1, True),
+        (2, 1, 2, 2, 3, False),  # small filters: a patch costs 2.25x the multiplications
         (3, 1, 2, 2, 8, False),  # enough channels for Winograd's ConvPool
         (3, 2, 2, 2, 3, False),
         (3, 1, 3, 3, 3, False),
