@@ -34,6 +34,7 @@ from pipeline.errors import (
     error_line,
     full_error,
     hydra_error_line,
+    interrupt_behind,
     raised_by_a_bug,
     run_interrupted,
     sweep_interrupted,
@@ -103,8 +104,12 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt as e:  # a single run says so itself: this is a sweep's
         raise sweep_interrupted(e) from None
-    except (HydraException, OmegaConfBaseException, *USER_ERRORS) as e:
-        if full_error() or raised_by_a_bug(e):
+    except Exception as e:
+        interrupt = interrupt_behind(e)  # a Ctrl-C wrapped by an import (pipeline.errors)
+        if interrupt is not None:
+            raise sweep_interrupted(interrupt) from None
+        if not isinstance(e, (HydraException, OmegaConfBaseException, *USER_ERRORS)) \
+                or full_error() or raised_by_a_bug(e):
             raise
         raise SystemExit(hydra_error_line(e) if isinstance(
             e, HydraException | OmegaConfBaseException) else error_line(e)) from None

@@ -28,7 +28,7 @@ from pipeline.data import load
 from pipeline.data.dataset import Dataset
 from pipeline.data.normalize import Normalizer
 from pipeline.data.sources import SOURCES
-from pipeline.errors import USER_ERRORS
+from pipeline.errors import USER_ERRORS, interrupt_behind
 from pipeline.pictures import of_run
 from pipeline.run_files import NORMALIZER, WEIGHTS
 from pipeline.serving.inference import Predictor, save_model_card
@@ -80,7 +80,13 @@ def run(
         mlflow_run = {"tracking_uri": tracker.uri, "run_id": str(tracker.run_id)}
         record = run_record(cfg, resumed.choices if resumed else choices or {}, overrides,
                             mlflow_run if tracker.enabled else None)
-        return stages(plan, out_dir, tracker, record)
+        try:
+            return stages(plan, out_dir, tracker, record)
+        except Exception as e:  # a Ctrl-C that an import wrapped ends the run as one
+            interrupt = interrupt_behind(e)
+            if interrupt is None:
+                raise
+            raise interrupt from None
 
 
 def job_plan(cfg: DictConfig, parent: SweepParent | None) -> Plan:

@@ -71,12 +71,6 @@ def filters_during_training(net: Network, epochs: int, count: int,
     """What to call after each epoch: at ``filter_epochs`` it hands every conv layer's
     filters as an image (``draw.filters_image``) to ``log(image, key, epoch)``."""
     at = filter_epochs(epochs, count)
-    if at:
-        # matplotlib's first import here, before training, not after the first epoch, where
-        # a sweep's Ctrl-C often lands: Python 3.11 turns a KeyboardInterrupt raised in a
-        # class's __set_name__ (matplotlib.ticker's, while importing) into a RuntimeError,
-        # a traceback instead of the interrupt's one line.
-        from matplotlib import colormaps  # noqa: F401
 
     def after(epoch: int) -> None:
         if epoch in at:

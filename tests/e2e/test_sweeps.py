@@ -244,6 +244,40 @@ def test_ctrl_c_ends_the_parent_and_the_running_children_killed(tmp_path, launch
     assert children and all(c.info.status == "KILLED" for c in children)
 
 
+# The sweep's CLI, whose first job's evaluation raises what Python 3.11 makes of a Ctrl-C
+# that lands in a class's __set_name__ while an import runs (matplotlib's, on its first
+# import after the first epoch, where the test above once caught it): a RuntimeError
+# caused by the KeyboardInterrupt.
+WRAPPED_CTRL_C = """
+import runpy
+
+from pipeline.training import evaluate
+
+def evaluate_interrupted(*args, **kwargs):
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        raise RuntimeError("Error calling __set_name__ on 'deprecate_privatize_attribute' "
+                           "instance 'locs' in 'Formatter'") from e
+
+evaluate.evaluate = evaluate_interrupted
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_ctrl_c_that_an_import_wrapped_ends_the_sweep_as_a_ctrl_c(tmp_path):
+    args, env = sweep_cmd(tmp_path, "model.pool_mode=max,average")
+    done = subprocess.run([sys.executable, "-c", WRAPPED_CTRL_C, *args[3:]], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Ctrl-C: the sweep stopped; finished jobs keep their runs, the running job and the "
+        "parent run end KILLED"], done.stderr
+    _, parent, children = the_sweep(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert [c.info.status for c in children] == ["KILLED"]
+
+
 def test_an_unreachable_server_stops_the_sweep_before_any_job(tmp_path):
     start = time.monotonic()
     proc = run_sweep(tmp_path, "tracking.uri=http://127.0.0.1:9", "model.pool_mode=max,average")
