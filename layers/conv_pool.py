@@ -48,7 +48,7 @@ import numpy as np
 from layers import parallel
 from layers.activations import ReLU
 from layers.base import Layer
-from layers.conv import Conv2D
+from layers.conv import Conv2D, add_bias
 from layers.parallel import reused, thread_buffers
 from layers.pool import AvgPool2D, MaxPool2D, Pool2D
 from layers.pool_steps import max_of_phases, route_to_phases
@@ -146,9 +146,7 @@ class ConvPool:
                 Y = reused(thread_buffers(), "Y", (4, c * T, n_C), dtype)
                 np.matmul(output, M.reshape(16, -1), out=Y.reshape(4, -1))
                 max_of_phases(Y, A_k, first[start:stop].reshape(c * T, n_C))
-            A_k += b
-            if self.relu is not None:
-                np.maximum(A_k, 0, out=A_k)
+            finish_output(A_k, b, self.relu is not None)
 
         parallel.over_chunks(forward_chunk, m, chunk, nbytes)
         self.cache = (X, U, kept, first, A)
@@ -179,10 +177,8 @@ class ConvPool:
 
         def backward_chunk(k: int, start: int, stop: int) -> None:
             c = stop - start
-            dA_k = np.ascontiguousarray(dA[start:stop]).reshape(c * T, n_C)
-            if self.relu is not None:  # where the ReLU let the value through
-                dA_k = dA_k * (A[start:stop].reshape(c * T, n_C) > 0)
-            np.dot(ones[: c * T], dA_k, out=db_parts[k])
+            dA_k = output_gradient(dA[start:stop], A[start:stop], self.relu is not None,
+                                   ones[: c * T], db_parts[k])  # (c*T, n_C)
             dM = reused(thread_buffers(), "dM", (16, c * T, n_C), dtype)  # times SIGNS
             if first is None:  # average: each phase gets a quarter
                 np.multiply(quarter, dA_k.reshape(1, -1), out=dM.reshape(16, -1))
@@ -206,6 +202,28 @@ class ConvPool:
         conv.grads["W"] = filter_adjoint(dU_parts.sum(axis=0))
         conv.grads["b"] = db_parts.sum(axis=0).reshape(1, 1, 1, n_C)
         return dX
+
+
+def finish_output(A: np.ndarray, b: np.ndarray, relu: bool) -> None:
+    """A fused step's pooled output A (rows, n_C), in place: plus the bias b (n_C,), then
+    the ReLU if ``relu`` (``ConvPool``, ``PatchConvPool``)."""
+    add_bias(A, b)
+    if relu:
+        np.maximum(A, 0, out=A)
+
+
+def output_gradient(dA: np.ndarray, A: np.ndarray, relu: bool, ones: np.ndarray,
+                    db: np.ndarray) -> np.ndarray:
+    """The gradient of the pooled output before ``finish_output``'s ReLU, (rows, n_C), from
+    dA (c, n_a, n_b, n_C), that of the step's output A (same shape): dA where the ReLU let
+    the value through if ``relu``. Writes its column sums, the bias' gradient, into db
+    (n_C,) as a product with ``ones`` (rows,)."""
+    n_C = dA.shape[-1]
+    dA_rows = np.ascontiguousarray(dA).reshape(-1, n_C)  # (rows, n_C)
+    if relu:
+        dA_rows = dA_rows * (A.reshape(-1, n_C) > 0)
+    np.dot(ones, dA_rows, out=db)
+    return dA_rows
 
 
 def _tiles(X: np.ndarray, top: int, left: int, n_a: int, n_b: int,

@@ -48,8 +48,8 @@ import numpy as np
 from layers import parallel
 from layers.activations import ReLU
 from layers.base import Layer
-from layers.conv import KEEP_COLS_BYTES, Conv2D, add_bias
-from layers.conv_pool import MIN_CHANNELS
+from layers.conv import KEEP_COLS_BYTES, Conv2D
+from layers.conv_pool import MIN_CHANNELS, finish_output, output_gradient
 from layers.im2col import col2im_add, im2col, pad_images, padded_shape
 from layers.parallel import reused, thread_buffers
 from layers.pool import AvgPool2D, MaxPool2D, Pool2D
@@ -145,6 +145,7 @@ class PatchConvPool:
         b = conv.params["b"].reshape(n_C)
         A = np.empty((m, n_a, n_b, n_C), dtype=dtype)
         first = np.empty(A.shape, np.uint8) if isinstance(self.pool, MaxPool2D) else None
+        W_mean = W4.mean(axis=0) if first is None else None  # (K, n_C): the average's
         keep = training and m * T * K * dtype.itemsize <= KEEP_COLS_BYTES  # else recomputed
         kept = reused(self._buffers, "patches", (m * T * K,), dtype) if keep else None
 
@@ -152,14 +153,12 @@ class PatchConvPool:
             P = self._patches(X_pad, start, stop, T, K, kept)  # (c*T, K)
             A_k = A[start:stop].reshape(len(P), n_C)  # a view: rows (example, a, b)
             if first is None:  # the average of the phases: one product
-                np.matmul(P, W4.mean(axis=0), out=A_k)
+                np.matmul(P, W_mean, out=A_k)
             else:
                 Y = reused(thread_buffers(), "Y", (4, len(P), n_C), dtype)
                 np.matmul(P, W4, out=Y)  # (4, c*T, n_C)
                 max_of_phases(Y, A_k, first[start:stop].reshape(len(P), n_C))
-            add_bias(A_k, b)
-            if self.relu is not None:
-                np.maximum(A_k, 0, out=A_k)
+            finish_output(A_k, b, self.relu is not None)
 
         parallel.over_chunks(forward_chunk, m, chunk, nbytes)
         self.cache = (X_pad, X.shape, W4, kept, first, A)
@@ -186,21 +185,21 @@ class PatchConvPool:
 
         def backward_chunk(k: int, start: int, stop: int) -> None:
             c = stop - start
-            dA_k = np.ascontiguousarray(dA[start:stop]).reshape(c * T, n_C)
-            if self.relu is not None:  # where the ReLU let the value through
-                dA_k = dA_k * (A[start:stop].reshape(c * T, n_C) > 0)
-            np.dot(ones[: c * T], dA_k, out=db_parts[k])
-            dY = reused(thread_buffers(), "dY", (4, c * T, n_C), dtype)  # the phases'
-            if first is None:  # average: each phase gets a quarter
-                np.multiply(dA_k, dtype.type(0.25), out=dY[0])
-                dY[1:] = dY[0]
-            else:
-                route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), list(dY))
+            dA_k = output_gradient(dA[start:stop], A[start:stop], self.relu is not None,
+                                   ones[: c * T], db_parts[k])  # (c*T, n_C)
             P = kept[start * T * K : stop * T * K].reshape(c * T, K) if kept is not None \
                 else self._patches(X_pad, start, stop, T, K, None)  # (c*T, K)
-            np.matmul(P.T, dY, out=dW4_parts[k])  # (4, K, n_C)
+            if first is None:  # average: each phase's filters get a quarter of one product
+                np.dot(P.T, dA_k, out=dW4_parts[k][0])
+                dW4_parts[k][0] *= dtype.type(0.25)
+                dW4_parts[k][1:] = dW4_parts[k][0]
+                dP = dA_k @ W4_T.mean(axis=0) if dX_pad is not None else None  # (c*T, K)
+            else:
+                dY = reused(thread_buffers(), "dY", (4, c * T, n_C), dtype)  # the phases'
+                route_to_phases(dA_k, first[start:stop].reshape(c * T, n_C), list(dY))
+                np.matmul(P.T, dY, out=dW4_parts[k])  # (4, K, n_C)
+                dP = np.matmul(dY, W4_T).sum(axis=0) if dX_pad is not None else None
             if dX_pad is not None:
-                dP = np.matmul(dY, W4_T).sum(axis=0)  # (c*T, K)
                 dcols = dP.reshape(c * T, -1, x_shape[3]).transpose(1, 0, 2)  # ((f+1)^2, c*T, .)
                 col2im_add(dX_pad[start:stop], dcols, conv.f + 1, 2, n_a, n_b)
 
