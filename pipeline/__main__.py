@@ -34,14 +34,13 @@ from pipeline.errors import (
     error_line,
     full_error,
     hydra_error_line,
-    interrupt_behind,
     raised_by_a_bug,
     run_interrupted,
     sweep_interrupted,
 )
+from pipeline.interrupts import interrupt_behind, interrupt_on_sigterm
 from pipeline.run import run
 from pipeline.tracking.sweep import current_parent, job_started_at
-from pipeline.tracking.watchdog import interrupt_on_sigterm
 
 # The last thing at exit (handlers run last-registered first; MLflow registers its own
 # later): the interpreter then leaves the run's objects to the OS instead of sweeping them
@@ -105,7 +104,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt as e:  # a single run says so itself: this is a sweep's
         raise sweep_interrupted(e) from None
     except Exception as e:
-        interrupt = interrupt_behind(e)  # a Ctrl-C wrapped by an import (pipeline.errors)
+        interrupt = interrupt_behind(e)  # a Ctrl-C wrapped by an import (pipeline.interrupts)
         if interrupt is not None:
             raise sweep_interrupted(interrupt) from None
         if not isinstance(e, (HydraException, OmegaConfBaseException, *USER_ERRORS)) \

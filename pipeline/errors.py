@@ -59,24 +59,8 @@ def interrupted_line(signal_name: str, out_dir: Path, resumed_from: str | None) 
     return f"{signal_name}: the last finished epoch is saved in {checkpoint}; resume: {again}"
 
 
-def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt (Ctrl-C, or SIGTERM: ``watchdog.interrupt_on_sigterm``) that
-    ``e`` is or that caused it, following ``__cause__`` and ``__context__``; None if none.
-    Python 3.11 wraps an exception raised in a class's ``__set_name__`` in a RuntimeError,
-    so a Ctrl-C that lands while an import runs such a class body (matplotlib's, on its
-    first import) arrives as one."""
-    seen: set[int] = set()
-    found: BaseException | None = e
-    while found is not None and id(found) not in seen:
-        if isinstance(found, KeyboardInterrupt):
-            return found
-        seen.add(id(found))
-        found = found.__cause__ or found.__context__
-    return None
-
-
 def _signal(e: KeyboardInterrupt) -> tuple[str, int]:
-    """The signal that stopped the process (``watchdog.interrupt_on_sigterm`` raises a
+    """The signal that stopped the process (``interrupts.interrupt_on_sigterm`` raises a
     KeyboardInterrupt for SIGTERM too) and the exit code that says it: 130 or 143."""
     sigterm = str(e) == f"signal {signal.SIGTERM}"
     return ("SIGTERM", 128 + signal.SIGTERM) if sigterm else ("Ctrl-C", 128 + signal.SIGINT)

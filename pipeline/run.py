@@ -28,7 +28,8 @@ from pipeline.data import load
 from pipeline.data.dataset import Dataset
 from pipeline.data.normalize import Normalizer
 from pipeline.data.sources import SOURCES
-from pipeline.errors import USER_ERRORS, interrupt_behind
+from pipeline.errors import USER_ERRORS
+from pipeline.interrupts import interrupt_behind
 from pipeline.pictures import of_run
 from pipeline.run_files import NORMALIZER, WEIGHTS
 from pipeline.serving.inference import Predictor, save_model_card

@@ -97,6 +97,34 @@ def test_package_inits_import_nothing_of_the_project() -> None:
     assert not {n: d for n, d in heavy.items() if d}
 
 
+# Libraries that load when first needed, often in the middle of training: a Ctrl-C inside
+# their compiled extensions' initialisation made the interpreter abort at exit.
+SLOW_LIBRARIES = ("matplotlib", "sklearn", "scipy", "pandas")
+
+
+def test_slow_libraries_load_lazily_only_through_imported() -> None:
+    """Inside a function, matplotlib, scikit-learn, SciPy and pandas are loaded with
+    ``pipeline.interrupts.imported`` (Ctrl-C held until the import is done), never by an
+    import statement; at the top of a module they are not imported at all."""
+    wrong = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                    and ast.unparse(node.test) == "TYPE_CHECKING"
+                    for n in ast.walk(node)}  # type hints only: never run
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            if id(node) not in checking and any(
+                    n.split(".")[0] in SLOW_LIBRARIES for n in names):
+                wrong.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not wrong, "\n".join(wrong)
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_module_size(name: str) -> None:
     lines = len(modules()[name].read_text().splitlines())

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.data.cache import cached_pair
 from pipeline.data.dataset import Dataset, Split
 from pipeline.data.h5 import SPLITS, PathLike, read_pair, write_split
+from pipeline.interrupts import imported
 
 # Part of every cache key: bump it to rebuild converted files after a change in how they are
 # made (2: 16-bit and transparent images converted by imagefolder.to_rgb).
@@ -43,7 +44,7 @@ def stratified_split(
     y: np.ndarray, fraction: float, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, held_out)`` of a stratified, seeded split of labels y (m,)."""
-    from sklearn.model_selection import train_test_split  # slow import: when first needed
+    train_test_split = imported("sklearn.model_selection").train_test_split  # slow import
 
     try:
         return train_test_split(
@@ -81,9 +82,9 @@ def digits_to_h5(out_dir: PathLike, seed: int, test_fraction: float) -> tuple[Pa
     }
 
     def write(train_path: Path, test_path: Path) -> None:
-        from sklearn.datasets import load_digits  # slow import; only needed to build
+        datasets = imported("sklearn.datasets")  # slow import; only needed to build
 
-        digits = load_digits()
+        digits = datasets.load_digits()
         x = np.rint(digits.images * 255 / 16).astype(np.uint8)[..., np.newaxis]  # (m, 8, 8, 1)
         y = digits.target.astype(np.int64)
         train_idx, test_idx = stratified_split(y, test_fraction, int(seed), "train/test")

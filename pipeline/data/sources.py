@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pipeline.data import h5, imagefolder, load
+from pipeline.interrupts import imported
 
 
 class Labels(NamedTuple):
@@ -56,9 +57,9 @@ def _digits_pair(d: Any, seed: int) -> tuple[Path, Path]:
 
 
 def _digits_labels(d: Any) -> Labels:
-    from sklearn.datasets import load_digits  # its 8x8 copy: read in a few ms
+    datasets = imported("sklearn.datasets")  # its 8x8 copy: read in a few ms
 
-    y = load_digits().target.astype(np.int64)
+    y = datasets.load_digits().target.astype(np.int64)
     return Labels(y, None, [str(c) for c in range(10)], (8, 8, 1))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.interrupts import imported
 from pipeline.pictures.inside import FeatureMap, Misclassified
 
 WIDTH = 14.0  # inches; at 100 dpi the UI shows 1400 pixels without scaling text away
@@ -86,7 +87,7 @@ def feature_map_figures(journeys: list[tuple[np.ndarray, str, list[FeatureMap]]]
 
     The figure is built once and its images and titles replaced for each journey (the
     same layers, the same shapes): building it costs about as much as saving it."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     rows = len(journeys[0][2]) + 1 if journeys else 0
     fig, shown = None, []
@@ -129,7 +130,7 @@ def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[
     (viridis, its range in its title); ``label`` names the run's swept values."""
     import textwrap
 
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     cols = 1 + max(len(maps) for _, _, maps, _ in runs)
     cell = min(2.4, WIDTH / cols)  # inches
@@ -163,7 +164,7 @@ def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None =
     """A conv layer's filters W (f, f, n_C_prev, n_C): a column per output channel (the
     first ``MAX_FILTERS``), a row per input channel (the first ``MAX_INPUTS``), on one
     colour scale centred on 0 (blue negative, red positive)."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     f, _, n_in, n_out = W.shape
     cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)
@@ -196,7 +197,7 @@ def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None =
 def rgb_filters_figure(W: np.ndarray, path: Path, epoch: int | None = None) -> None:
     """The first conv layer's filters W (f, f, 3, n_C) as colour tiles, each scaled to its
     own range: the colours and edges each filter responds to in a photograph."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     n_out = W.shape[-1]
     kernels = np.moveaxis(W, -1, 0)  # (n_C, f, f, 3)
@@ -218,7 +219,7 @@ def misclassified_figure(images: np.ndarray, wrong: Misclassified, class_names: 
                          total: int, path: Path) -> None:
     """The misclassified test images (w, n_H, n_W, n_C) uint8, most confident first, each
     labelled ``true -> predicted (confidence)``; ``total``: the number of mistakes."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     cols = max(1, min(8, len(images)))
     rows = max(1, int(np.ceil(len(images) / cols)))
@@ -250,7 +251,7 @@ def saliency_figure(images: np.ndarray, maps: np.ndarray, true: list[str],
     n_W): how strongly each pixel moves the predicted class's score, each map on its own
     scale (black none, white most). One mosaic, one axes: an axes per image costs more
     than the rest of the figure."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     m, h, w = images.shape[:3]
     gap = max(2, w // 8)
@@ -278,7 +279,7 @@ def filters_image(W: np.ndarray, scale: int = 8) -> np.ndarray:
     figure (what is logged while training, a few milliseconds): as ``filters_figure``,
     a column per output channel and a row per input channel, blue negative, red positive,
     each weight ``scale`` pixels wide."""
-    from matplotlib import colormaps
+    colormaps = imported("matplotlib").colormaps
 
     f, _, n_in, n_out = W.shape
     cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.interrupts import interrupt_on_sigterm
 from pipeline.run_files import ERROR
 from pipeline.tracking import names
 from pipeline.tracking.continued import PROCESS_TAG, process_tag, resumable_run
@@ -67,7 +68,7 @@ from pipeline.tracking.store import (
     ui_url,
 )
 from pipeline.tracking.tracker import Tracker
-from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm, signals_held_for
+from pipeline.tracking.watchdog import Watchdog, signals_held_for
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.interrupts import imported
 from pipeline.tracking import names
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ def quiet_mlflow(level: int = logging.CRITICAL,
     while it opens a store or starts a run: it logs a database error with its whole
     traceback (60 lines) before raising it, and the caller reports that error itself, in
     one line. ``names``: the loggers, e.g. just ``mlflow.pyfunc``."""
-    import mlflow  # noqa: F401  (first: importing MLflow sets its loggers' levels)
+    imported("mlflow")  # first: importing MLflow sets its loggers' levels
 
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.interrupts import imported
 from pipeline.pictures import of_sweep
 from pipeline.run_files import SWEEP_FEATURE_MAPS
 from pipeline.tracking import names
@@ -75,8 +76,8 @@ def sweep_table(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
     """One row per child of ``parent_run_id``: run name, status, swept values, final
     metrics, seconds and run id; sorted by the objective (best first, missing last)."""
     import mlflow
-    import pandas as pd
 
+    pd = imported("pandas")
     parent = client.get_run(parent_run_id)
     keys = swept_keys(parent)
     mlflow.set_tracking_uri(client.tracking_uri)
@@ -107,8 +108,7 @@ def sweep_table(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
 
 
 def _numeric_if_possible(values: pd.Series) -> pd.Series:
-    import pandas as pd
-
+    pd = imported("pandas")
     try:
         return pd.to_numeric(values)
     except (ValueError, TypeError):
@@ -117,10 +117,8 @@ def _numeric_if_possible(values: pd.Series) -> pd.Series:
 
 def objective_plot(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     """The objective against each swept key, one panel per key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    imported("matplotlib").use("Agg")
+    plt = imported("matplotlib.pyplot")
 
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)

@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline
+from pipeline.interrupts import interrupt_on_sigterm
 from pipeline.tracking import names, summary
 from pipeline.tracking.names import source_tags
 from pipeline.tracking.store import (
@@ -50,7 +51,7 @@ from pipeline.tracking.store import (
     resolve_uri,
     ui_url,
 )
-from pipeline.tracking.watchdog import Watchdog, interrupt_on_sigterm
+from pipeline.tracking.watchdog import Watchdog
 
 log = logging.getLogger("pipeline")
 

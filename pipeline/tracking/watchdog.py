@@ -1,7 +1,8 @@
 """How tracked runs end when their process is stopped or dies.
 
-``interrupt_on_sigterm`` makes SIGTERM end a run (or a sweep) like Ctrl-C does: KILLED.
-``signals_held`` keeps both out of a request to a SQLite store, then delivers them.
+``signals_held_for`` keeps Ctrl-C and SIGTERM out of a request to a SQLite store, then
+delivers them (``pipeline.interrupts.signals_held``).
+
 The watchdog of a tracked run ends the MLflow run when the process running it cannot:
 
     python -m pipeline.tracking.watchdog URI RUN_ID RUN_DIR
@@ -25,80 +26,20 @@ minute between tries (each request made once, without MLflow's own retries), for
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from pipeline.interrupts import signals_held
 from pipeline.tracking.store import end_run as end_in_store
 from pipeline.tracking.store import no_http_retries, one_line, server_answers, sqlite_path
 
 PATIENCE = 24 * 3600.0  # seconds to keep trying to end a run whose store does not answer
 DIED = "the pipeline process ended without ending its run (killed, or it crashed)"
 LOG_FILE = "tracking_watchdog.log"
-
-
-def interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM into KeyboardInterrupt, so the run ends KILLED; the old handler (None
-    outside the main thread, where handlers cannot be set)."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while MLflow talks to a SQLite store, then delivered.
-
-    Raised in the middle of a request, KeyboardInterrupt can leave a SQLite read open: the
-    interrupted cursor lives on in the exception's traceback, and Python 3.11's sqlite3 no
-    longer resets statements on rollback. Ending the run KILLED then waited 20 s on
-    "database is locked" and printed MLflow's traceback. A second signal while one is held
-    delivers both at once: the user insists. Each goes to the handler it would have met,
-    in order. An ignored signal stays ignored; outside the main thread (where handlers
-    cannot be set), or inside another such block, nothing more is held."""
-    signums = (signal.SIGINT, signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or any(
-        getattr(signal.getsignal(s), "holds_signals", False) for s in signums
-    ):
-        yield
-        return
-    old = {s: h for s in signums  # None: a handler set in C
-           if (h := signal.getsignal(s)) not in (None, signal.SIG_IGN)}
-    held: list[int] = []
-    delivered = False
-
-    def deliver() -> None:
-        nonlocal delivered
-        if delivered:
-            return
-        delivered = True
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
-        for signum in held:  # its handler runs here and now (and may raise)
-            signal.raise_signal(signum)
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-        if len(held) > 1:
-            deliver()
-
-    hold.holds_signals = True  # type: ignore[attr-defined]
-    for signum in old:
-        signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        deliver()
 
 
 def signals_held_for(uri: str) -> contextlib.AbstractContextManager[None]:

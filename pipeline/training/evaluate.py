@@ -20,6 +20,7 @@ from layers.base import check_positive_int
 from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from pipeline.data.dataset import Split
+from pipeline.interrupts import imported
 from pipeline.run_files import CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE, METRICS
 from pipeline.training.train import History, loss_and_predictions
 
@@ -46,7 +47,7 @@ def evaluate(
     ``{precision, recall, f1}`` and ``confusion_matrix`` (K lists of K counts; row = true
     class, column = predicted class). Classes never predicted or absent get 0, not an error.
     """
-    from sklearn.metrics import classification_report
+    classification_report = imported("sklearn.metrics").classification_report
 
     batch_size = check_positive_int("evaluate", "batch_size", batch_size)
     K = len(class_names)
@@ -82,13 +83,13 @@ def evaluate(
 def scores(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """The metrics of predictions ``pred`` (m,) for labels ``y`` (m,), both in ``[0, K)``
     (``evaluate``'s dict, without the loss)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    metrics = imported("sklearn.metrics")
 
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )
-    cm = confusion_matrix(y, pred, labels=labels)  # (K, K) counts, rows = true class
+    cm = metrics.confusion_matrix(y, pred, labels=labels)  # (K, K) counts, rows = true class
     return {
         "test_loss": None,
         "test_accuracy": float(np.mean(pred == y)),
@@ -107,7 +108,7 @@ def scores(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict[str,
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) -> None:
     """Save the (K, K) count matrix ``cm`` (rows = true, columns = predicted) as a PNG."""
-    from matplotlib.figure import Figure
+    Figure = imported("matplotlib.figure").Figure
 
     K = len(class_names)
     size = 2.5 + 0.6 * K
@@ -132,8 +133,8 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
 def plot_learning_curve(history: History, path: Path) -> None:
     """Save loss and accuracy per epoch (train and, if any, validation) as a PNG, with the
     best epoch marked, and the epoch whose weights the model kept when it is another."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    Figure = imported("matplotlib.figure").Figure
+    MaxNLocator = imported("matplotlib.ticker").MaxNLocator
 
     cols = history.as_columns()
     fig = Figure(figsize=(10, 4), layout="constrained")

@@ -80,7 +80,7 @@ def test_a_run_that_raises_ends_failed_or_killed_keeping_what_was_logged(
     tmp_path, mlflow_store, monkeypatch, error, status
 ):
     """A Ctrl-C that an import wrapped in a RuntimeError ends the run as a Ctrl-C: KILLED,
-    and raised as the KeyboardInterrupt it is (``pipeline.errors.interrupt_behind``)."""
+    and raised as the KeyboardInterrupt it is (``pipeline.interrupts.interrupt_behind``)."""
     uri = mlflow_store
     cfg = make_cfg(f"tracking.uri={uri}", "trainer.epochs=2", *QUICK,
                    f"data.cache_dir={tmp_path / 'data'}")

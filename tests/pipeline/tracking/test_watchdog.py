@@ -4,8 +4,6 @@ store, read back through MlflowClient."""
 from __future__ import annotations
 
 import io
-import os
-import signal
 
 import pytest
 
@@ -17,9 +15,7 @@ from pipeline.tracking.watchdog import (  # noqa: E402
     LOG_FILE,
     Watchdog,
     end_run,
-    interrupt_on_sigterm,
     last_word,
-    signals_held,
 )
 from tests.support import wait_for  # noqa: E402
 
@@ -72,70 +68,3 @@ def test_the_process_exits_when_told_and_ends_the_run_when_its_pipe_just_closes(
     assert "KILLED" in (tmp_path / LOG_FILE).read_text()
 
 
-@pytest.fixture
-def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt, as in a tracked run; the old handler back after."""
-    old = interrupt_on_sigterm()
-    yield
-    signal.signal(signal.SIGTERM, old)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_signal_inside_signals_held_is_delivered_when_the_block_ends(sigterm_interrupts, signum):
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    finished = []
-    with pytest.raises(KeyboardInterrupt) as raised:
-        with signals_held():
-            os.kill(os.getpid(), signum)  # its handler runs at the next bytecode: held
-            finished.append(True)
-    assert finished  # the block ran to its end
-    assert str(raised.value) == ("" if signum == signal.SIGINT else f"signal {signum}")
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-
-
-def test_a_second_signal_inside_signals_held_is_delivered_at_once(sigterm_interrupts):
-    reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            reached.append("held")
-            os.kill(os.getpid(), signal.SIGINT)
-            reached.append("past the second")
-    assert reached == ["held"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-def test_signals_held_without_a_signal_changes_nothing():
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with signals_held():
-        pass
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-
-
-def test_two_held_signals_are_both_delivered_in_order_at_the_second():
-    seen: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: seen.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}  # handlers that do not raise
-    try:
-        with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGTERM)
-            at_the_second = list(seen)
-        assert at_the_second == [signal.SIGINT, signal.SIGTERM] and len(seen) == 2
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-def test_an_ignored_signal_stays_ignored_and_an_inner_block_leaves_the_outer_one_holding():
-    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with signals_held():
-                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-                with signals_held():
-                    os.kill(os.getpid(), signal.SIGINT)
-                reached = True  # the inner block's end delivered nothing
-        assert reached and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGTERM, old)

@@ -1,0 +1,113 @@
+"""How the pipeline's process meets Ctrl-C and SIGTERM, so that a run always ends KILLED
+and says so in one line, whatever it was doing when the signal came.
+
+* ``interrupt_on_sigterm``: SIGTERM raises KeyboardInterrupt, as Ctrl-C does.
+* ``signals_held``: both kept out of a block that must not be cut in the middle (a request
+  to a SQLite store, an import), then delivered when it ends.
+* ``imported``: a module imported whole, the signals held while it loads. The pipeline's
+  slow libraries (matplotlib, scikit-learn, pandas) load when first needed, often in the
+  middle of training, where a Ctrl-C is likely to land.
+* ``interrupt_behind``: the KeyboardInterrupt behind an exception that wraps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+
+def interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt, so the run ends KILLED; the old handler (None
+    outside the main thread, where handlers cannot be set)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs, then delivered.
+
+    Raised in the middle of a request, KeyboardInterrupt can leave a SQLite read open: the
+    interrupted cursor lives on in the exception's traceback, and Python 3.11's sqlite3 no
+    longer resets statements on rollback. Ending the run KILLED then waited 20 s on
+    "database is locked" and printed MLflow's traceback. A second signal while one is held
+    delivers both at once: the user insists. Each goes to the handler it would have met,
+    in order. An ignored signal stays ignored; outside the main thread (where handlers
+    cannot be set), or inside another such block, nothing more is held."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(
+        getattr(signal.getsignal(s), "holds_signals", False) for s in signums
+    ):
+        yield
+        return
+    old = {s: h for s in signums  # None: a handler set in C
+           if (h := signal.getsignal(s)) not in (None, signal.SIG_IGN)}
+    held: list[int] = []
+    delivered = False
+
+    def deliver() -> None:
+        nonlocal delivered
+        if delivered:
+            return
+        delivered = True
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        for signum in held:  # its handler runs here and now (and may raise)
+            signal.raise_signal(signum)
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        if len(held) > 1:
+            deliver()
+
+    hold.holds_signals = True  # type: ignore[attr-defined]
+    for signum in old:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        deliver()
+
+
+def imported(name: str) -> ModuleType:
+    """``importlib.import_module(name)``, with Ctrl-C and SIGTERM held (``signals_held``)
+    the first time, until the import is done.
+
+    A KeyboardInterrupt raised inside a compiled extension's initialisation leaves it half
+    made. matplotlib's ``ft2font`` (pybind11) then fails with "ImportError: initialization
+    failed", and the interpreter aborts at exit: "Fatal Python error: PyThreadState_Get",
+    SIGABRT instead of exit code 130, after the run had ended KILLED and said so. (And
+    Python 3.11 wraps one raised in a class body's ``__set_name__`` in a RuntimeError.)
+    Held, the Ctrl-C waits for the import (a second or less) and then stops the run."""
+    module = sys.modules.get(name)
+    if module is None:
+        with signals_held():
+            module = importlib.import_module(name)
+    return module
+
+
+def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or SIGTERM: ``interrupt_on_sigterm``) that ``e`` is
+    or that caused it, following ``__cause__`` and ``__context__``; None if none. Python
+    3.11 wraps an exception raised in a class's ``__set_name__`` in a RuntimeError, so a
+    Ctrl-C that lands while an import runs such a class body (one not made through
+    ``imported``) arrives as one."""
+    seen: set[int] = set()
+    found: BaseException | None = e
+    while found is not None and id(found) not in seen:
+        if isinstance(found, KeyboardInterrupt):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None

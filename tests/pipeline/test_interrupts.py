@@ -1,0 +1,149 @@
+"""How the process meets Ctrl-C and SIGTERM (``pipeline.interrupts``): signals held
+through a block and delivered after it, imports made whole, an interrupt found behind the
+exception that wraps it. Real signals sent to this process, real modules imported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.interrupts import (
+    imported,
+    interrupt_behind,
+    interrupt_on_sigterm,
+    signals_held,
+)
+
+
+@pytest.fixture
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as in a tracked run; the old handler back after."""
+    old = interrupt_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_inside_signals_held_is_delivered_when_the_block_ends(sigterm_interrupts, signum):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finished = []
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with signals_held():
+            os.kill(os.getpid(), signum)  # its handler runs at the next bytecode: held
+            finished.append(True)
+    assert finished  # the block ran to its end
+    assert str(raised.value) == ("" if signum == signal.SIGINT else f"signal {signum}")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_inside_signals_held_is_delivered_at_once(sigterm_interrupts):
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("past the second")
+    assert reached == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_held_without_a_signal_changes_nothing():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with signals_held():
+        pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_two_held_signals_are_both_delivered_in_order_at_the_second():
+    seen: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: seen.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}  # handlers that do not raise
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            at_the_second = list(seen)
+        assert at_the_second == [signal.SIGINT, signal.SIGTERM] and len(seen) == 2
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def test_an_ignored_signal_stays_ignored_and_an_inner_block_leaves_the_outer_one_holding():
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+                with signals_held():
+                    os.kill(os.getpid(), signal.SIGINT)
+                reached = True  # the inner block's end delivered nothing
+        assert reached and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# A module whose import is hit by a Ctrl-C halfway: what an extension's initialisation
+# (matplotlib's ft2font) meets when the user presses Ctrl-C while it loads.
+HALFWAY = """
+import os
+import signal
+
+first_half = True
+os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+second_half = True
+"""
+
+
+@pytest.fixture
+def halfway_module(tmp_path, monkeypatch):
+    """The name of a fresh module that signals Ctrl-C to this process halfway through its
+    import; removed from ``sys.modules`` after the test."""
+    name = f"halfway_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(HALFWAY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_a_ctrl_c_during_an_import_waits_for_the_whole_module(halfway_module):
+    with pytest.raises(KeyboardInterrupt):
+        imported(halfway_module)
+    module = sys.modules[halfway_module]  # imported whole, then interrupted
+    assert module.first_half and module.second_half
+    assert imported(halfway_module) is module  # already there: no second import
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_imported_the_same_ctrl_c_cuts_the_module_in_half(halfway_module):
+    # What ``imported`` prevents: the import stops halfway and the module is dropped.
+    with pytest.raises(KeyboardInterrupt):
+        __import__(halfway_module)
+    assert halfway_module not in sys.modules
+
+
+def test_imported_gives_a_submodule_and_says_a_missing_one():
+    assert imported("os.path") is os.path
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_here"):
+        imported("no_such_module_here")
+
+
+def test_the_interrupt_behind_an_exception_is_found_through_causes_and_contexts():
+    ctrl_c = KeyboardInterrupt()
+    wrapped = RuntimeError("Error calling __set_name__")
+    wrapped.__cause__ = ctrl_c
+    during = ValueError("while handling")
+    during.__context__ = wrapped
+    assert interrupt_behind(ctrl_c) is ctrl_c
+    assert interrupt_behind(wrapped) is ctrl_c
+    assert interrupt_behind(during) is ctrl_c
+    assert interrupt_behind(ValueError("no interrupt")) is None
+    looped = ValueError("a cycle")
+    looped.__context__ = RuntimeError()
+    looped.__context__.__context__ = looped
+    assert interrupt_behind(looped) is None
