@@ -178,6 +178,7 @@ def test_the_fast_experiment_is_deep_cnn_with_a_batchnorm_after_each_conv_on_32x
     cfg = make_cfg("+experiment=sign_digits_fast")
     config = validate(cfg)
     assert config.data.image_size == 32 and not config.trainer.restore_best
+    assert config.data.val_fraction == 0 and config.trainer.patience == 0  # all train
     net = build_network(config.model, config.data.input_shape, 10, seed=0)
     names = [layer.name for layer in net.layers]
     assert names[:5] == ["augment_shift", "conv1", "conv1_bn", "pool1", "conv1_relu"]
