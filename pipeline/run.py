@@ -168,9 +168,10 @@ def train_stage(plan: Plan, net: Network, data: Dataset, out_dir: Path, tracker:
     )
     net.save(str(out_dir / WEIGHTS))
     best = history.best_val_accuracy
+    val = "no validation split" if len(data.val) == 0 else \
+        f"best val accuracy {'n/a' if best is None else f'{best:.4f}'}"
     say(f"[train] {plan.config.model.name} ({net.num_params():,} params), "
-        f"{len(history.records)} epochs in {time.perf_counter() - t0:.1f}s, best val "
-        f"accuracy {'n/a' if best is None else f'{best:.4f}'}")
+        f"{len(history.records)} epochs in {time.perf_counter() - t0:.1f}s, {val}")
     return history
 
 

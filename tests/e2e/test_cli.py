@@ -66,6 +66,16 @@ def test_same_config_and_seed_give_identical_metrics(digits_run, tmp_path):
     assert first == second
 
 
+def test_a_run_without_a_validation_split_says_so_and_keeps_its_last_epoch(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(tmp_path, "data.val_fraction=0", "trainer.restore_best=false",
+                   "trainer.epochs=2", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    [train] = [line for line in proc.stdout.splitlines() if line.startswith("[train]")]
+    assert train.endswith(", no validation split"), train
+    assert "val 0," in proc.stdout and (out / "learning_curve.png").is_file()
+
+
 def test_bad_config_fails_before_reading_data_naming_the_key(tmp_path):
     proc = run_cli(tmp_path, "model.conv1.stride=-1", f"hydra.run.dir={tmp_path / 'bad'}")
     assert proc.returncode != 0
