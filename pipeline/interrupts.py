@@ -35,16 +35,18 @@ def interrupt_on_sigterm() -> Any:
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(to_the_end: bool = False) -> Iterator[None]:
     """Ctrl-C and SIGTERM held back while the block runs, then delivered.
 
     Raised in the middle of a request, KeyboardInterrupt can leave a SQLite read open: the
     interrupted cursor lives on in the exception's traceback, and Python 3.11's sqlite3 no
     longer resets statements on rollback. Ending the run KILLED then waited 20 s on
     "database is locked" and printed MLflow's traceback. A second signal while one is held
-    delivers both at once: the user insists. Each goes to the handler it would have met,
-    in order. An ignored signal stays ignored; outside the main thread (where handlers
-    cannot be set), or inside another such block, nothing more is held."""
+    delivers both at once: the user insists (a request may wait minutes for a store);
+    with ``to_the_end`` (a block that takes a bounded time) they all wait for the end.
+    Each goes to the handler it would have met, in order. An ignored signal stays ignored;
+    outside the main thread (where handlers cannot be set), or inside another such block,
+    nothing more is held."""
     signums = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or any(
         getattr(signal.getsignal(s), "holds_signals", False) for s in signums
@@ -68,13 +70,13 @@ def signals_held() -> Iterator[None]:
 
     def hold(signum: int, frame: Any) -> None:
         held.append(signum)
-        if len(held) > 1:
+        if len(held) > 1 and not to_the_end:
             deliver()
 
     hold.holds_signals = True  # type: ignore[attr-defined]
-    for signum in old:
-        signal.signal(signum, hold)
-    try:
+    try:  # a signal between two of these still finds its handler restored by deliver()
+        for signum in old:
+            signal.signal(signum, hold)
         yield
     finally:
         deliver()
@@ -82,17 +84,17 @@ def signals_held() -> Iterator[None]:
 
 def imported(name: str) -> ModuleType:
     """``importlib.import_module(name)``, with Ctrl-C and SIGTERM held (``signals_held``)
-    the first time, until the import is done.
+    the first time, until the import is done, however many come.
 
     A KeyboardInterrupt raised inside a compiled extension's initialisation leaves it half
     made. matplotlib's ``ft2font`` (pybind11) then fails with "ImportError: initialization
     failed", and the interpreter aborts at exit: "Fatal Python error: PyThreadState_Get",
     SIGABRT instead of exit code 130, after the run had ended KILLED and said so. (And
     Python 3.11 wraps one raised in a class body's ``__set_name__`` in a RuntimeError.)
-    Held, the Ctrl-C waits for the import (a second or less) and then stops the run."""
+    Held, the Ctrl-C waits for the import (a second or two) and then stops the run."""
     module = sys.modules.get(name)
     if module is None:
-        with signals_held():
+        with signals_held(to_the_end=True):
             module = importlib.import_module(name)
     return module
 

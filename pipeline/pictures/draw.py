@@ -23,6 +23,14 @@ MAX_INPUTS = 8  # input channels drawn per filter
 GAP = 1  # pixels between tiles (drawn blank)
 
 
+def figure_class() -> type:
+    """matplotlib's ``Figure``, and the Agg canvas that saves it as PNG, both loaded whole
+    (``interrupts.imported``: a Ctrl-C waits for them). The canvas is a compiled extension
+    that matplotlib would load at the first ``savefig``, in the middle of a run."""
+    imported("matplotlib.backends.backend_agg")
+    return imported("matplotlib.figure").Figure
+
+
 def tile(images: np.ndarray, cols: int, gap: int = GAP) -> np.ndarray:
     """Images (n, h, w) or (n, h, w, 3) as one mosaic of ``cols`` columns, (rows*(h+gap)-gap,
     cols*(w+gap)-gap[, 3]) float, NaN (blank) in the gaps and the empty cells."""
@@ -87,7 +95,7 @@ def feature_map_figures(journeys: list[tuple[np.ndarray, str, list[FeatureMap]]]
 
     The figure is built once and its images and titles replaced for each journey (the
     same layers, the same shapes): building it costs about as much as saving it."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     rows = len(journeys[0][2]) + 1 if journeys else 0
     fig, shown = None, []
@@ -130,7 +138,7 @@ def sweep_figure(runs: list[tuple[str, np.ndarray, list[FeatureMap], list[tuple[
     (viridis, its range in its title); ``label`` names the run's swept values."""
     import textwrap
 
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     cols = 1 + max(len(maps) for _, _, maps, _ in runs)
     cell = min(2.4, WIDTH / cols)  # inches
@@ -164,7 +172,7 @@ def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None =
     """A conv layer's filters W (f, f, n_C_prev, n_C): a column per output channel (the
     first ``MAX_FILTERS``), a row per input channel (the first ``MAX_INPUTS``), on one
     colour scale centred on 0 (blue negative, red positive)."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     f, _, n_in, n_out = W.shape
     cols, rows = min(n_out, MAX_FILTERS), min(n_in, MAX_INPUTS)
@@ -197,7 +205,7 @@ def filters_figure(describe: str, W: np.ndarray, path: Path, epoch: int | None =
 def rgb_filters_figure(W: np.ndarray, path: Path, epoch: int | None = None) -> None:
     """The first conv layer's filters W (f, f, 3, n_C) as colour tiles, each scaled to its
     own range: the colours and edges each filter responds to in a photograph."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     n_out = W.shape[-1]
     kernels = np.moveaxis(W, -1, 0)  # (n_C, f, f, 3)
@@ -219,7 +227,7 @@ def misclassified_figure(images: np.ndarray, wrong: Misclassified, class_names: 
                          total: int, path: Path) -> None:
     """The misclassified test images (w, n_H, n_W, n_C) uint8, most confident first, each
     labelled ``true -> predicted (confidence)``; ``total``: the number of mistakes."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     cols = max(1, min(8, len(images)))
     rows = max(1, int(np.ceil(len(images) / cols)))
@@ -251,7 +259,7 @@ def saliency_figure(images: np.ndarray, maps: np.ndarray, true: list[str],
     n_W): how strongly each pixel moves the predicted class's score, each map on its own
     scale (black none, white most). One mosaic, one axes: an axes per image costs more
     than the rest of the figure."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = figure_class()
 
     m, h, w = images.shape[:3]
     gap = max(2, w // 8)

@@ -28,7 +28,6 @@ import numpy as np
 from layers.network import Network
 from pipeline.config.schema import PicturesConfig
 from pipeline.data.dataset import Dataset
-from pipeline.interrupts import imported
 from pipeline.pictures import draw, inside
 from pipeline.run_files import (
     FEATURE_MAP_ARRAYS,
@@ -100,7 +99,7 @@ def draw_run(net: Network, raw: Dataset, data: Dataset, out_dir: Path,
     names = raw.class_names
     salient = (raw.test.x[chosen], inside.saliency(gradient),
                [names[int(k)] for k in data.test.y[chosen]], [names[int(k)] for k in predicted])
-    imported("matplotlib.figure")  # here, once: the forked drawer inherits it
+    draw.figure_class()  # loaded here, once: the forked drawer inherits it
 
     drawer = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
     with warnings.catch_warnings():  # Python 3.12 warns of fork with threads running: the

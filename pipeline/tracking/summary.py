@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.interrupts import imported
-from pipeline.pictures import of_sweep
+from pipeline.pictures import draw, of_sweep
 from pipeline.run_files import SWEEP_FEATURE_MAPS
 from pipeline.tracking import names
 from pipeline.tracking.store import (
@@ -117,12 +117,10 @@ def _numeric_if_possible(values: pd.Series) -> pd.Series:
 
 def objective_plot(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     """The objective against each swept key, one panel per key."""
-    imported("matplotlib").use("Agg")
-    plt = imported("matplotlib.pyplot")
-
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig = draw.figure_class()(figsize=(4.2 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     done = table.dropna(subset=[OBJECTIVE])
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
@@ -145,7 +143,6 @@ def objective_plot(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     fig.suptitle(f"{OBJECTIVE} by swept value ({len(done)} finished runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def best_params(table: pd.DataFrame, keys: list[str], sweep_dir: Path | None) -> dict[str, Any]:

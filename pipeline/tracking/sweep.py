@@ -89,15 +89,23 @@ def search_space(config: DictConfig) -> dict[str, str]:
     return space
 
 
-def check_sweeper(config: DictConfig) -> str:
-    """The sweeper's class; an Optuna database storage is refused (it cannot work here)."""
+def check_sweeper(config: DictConfig) -> None:
+    """Raise ValueError for a sweep that cannot work or would mislead: an Optuna database
+    storage (it cannot work here), and an Optuna search without a validation split (a job
+    then returns its test accuracy: the search would tune on the test split)."""
     sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
     if "optuna" in sweeper and OmegaConf.select(config, "hydra.sweeper.storage"):
         raise ValueError(
             "hydra.sweeper.storage: the Optuna sweeper's optuna<3 cannot use a database "
             "with SQLAlchemy 2 (which MLflow needs); keep storage=null (in memory)"
         )
-    return sweeper
+    if "optuna" in sweeper and not OmegaConf.select(config, "data.val_fraction") \
+            and "data.val_fraction" not in search_space(config):
+        raise ValueError(
+            "data.val_fraction=0: an Optuna search ranks its trials by validation accuracy, "
+            "and without a validation split it would tune on the test split; set "
+            "data.val_fraction > 0 (e.g. data.val_fraction=0.1)"
+        )
 
 
 class MlflowSweepCallback(Callback):
@@ -114,6 +122,10 @@ class MlflowSweepCallback(Callback):
         return {**self.__dict__, "watchdog": None}  # the pipe stays with the launcher
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweeper(config)
+        except ValueError as e:  # Hydra would only warn and run the jobs
+            raise SystemExit(f"error: {e}") from None
         if not config.tracking.enabled:
             return
         try:
@@ -125,7 +137,7 @@ class MlflowSweepCallback(Callback):
         """Create the store, the experiment and the parent run (in the launching process)."""
         from mlflow.entities import Param
 
-        sweeper = check_sweeper(config)
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_"))
         uri = resolve_uri(config.tracking.uri)
         experiment = names.experiment_name(config)
         client, experiment_id = open_experiment(

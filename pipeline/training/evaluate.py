@@ -21,6 +21,7 @@ from layers.losses import SoftmaxCrossEntropy
 from layers.network import Network
 from pipeline.data.dataset import Split
 from pipeline.interrupts import imported
+from pipeline.pictures import draw
 from pipeline.run_files import CLASSIFICATION_REPORT, CONFUSION_MATRIX, LEARNING_CURVE, METRICS
 from pipeline.training.train import History, loss_and_predictions
 
@@ -108,7 +109,7 @@ def scores(y: np.ndarray, pred: np.ndarray, class_names: list[str]) -> dict[str,
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) -> None:
     """Save the (K, K) count matrix ``cm`` (rows = true, columns = predicted) as a PNG."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = draw.figure_class()
 
     K = len(class_names)
     size = 2.5 + 0.6 * K
@@ -133,7 +134,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path) ->
 def plot_learning_curve(history: History, path: Path) -> None:
     """Save loss and accuracy per epoch (train and, if any, validation) as a PNG, with the
     best epoch marked, and the epoch whose weights the model kept when it is another."""
-    Figure = imported("matplotlib.figure").Figure
+    Figure = draw.figure_class()
     MaxNLocator = imported("matplotlib.ticker").MaxNLocator
 
     cols = history.as_columns()

@@ -366,6 +366,17 @@ def test_the_shipped_launcher_and_search_configs_compose():
     assert callbacks.mlflow_sweep._target_ == "pipeline.tracking.sweep.MlflowSweepCallback"
 
 
+def test_an_optuna_search_without_a_validation_split_is_refused(tmp_path):
+    # sign_digits_fast trains on every training photograph: its jobs would be ranked by
+    # their test accuracy, so the search would tune on the test split.
+    proc = run_sweep(tmp_path, "+hparams_search=optuna", "+experiment=sign_digits_fast")
+    assert proc.returncode != 0
+    [line] = proc.stderr.strip().splitlines()
+    assert "data.val_fraction=0" in line and "data.val_fraction > 0" in line, line
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(
+        f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(["0"])
+
+
 def test_an_optuna_database_storage_is_refused_with_the_reason(tmp_path):
     proc = run_sweep(tmp_path, "+hparams_search=optuna",
                      f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")

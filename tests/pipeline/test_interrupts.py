@@ -88,43 +88,69 @@ def test_an_ignored_signal_stays_ignored_and_an_inner_block_leaves_the_outer_one
         signal.signal(signal.SIGTERM, old)
 
 
-# A module whose import is hit by a Ctrl-C halfway: what an extension's initialisation
-# (matplotlib's ft2font) meets when the user presses Ctrl-C while it loads.
+# A module whose import is hit by Ctrl-C halfway: what an extension's initialisation
+# (matplotlib's ft2font) meets when the user presses Ctrl-C while it loads. ``{more}``: what
+# else its second half does.
 HALFWAY = """
 import os
 import signal
 
 first_half = True
 os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+{more}
 second_half = True
 """
 
 
 @pytest.fixture
-def halfway_module(tmp_path, monkeypatch):
-    """The name of a fresh module that signals Ctrl-C to this process halfway through its
-    import; removed from ``sys.modules`` after the test."""
-    name = f"halfway_{os.getpid()}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(HALFWAY))
+def module_hit_halfway(tmp_path, monkeypatch):
+    """Writes a fresh module ``HALFWAY.format(more=...)`` and gives its name; every such
+    module is removed from ``sys.modules`` after the test."""
+    names = []
+
+    def write(more: str = "") -> str:
+        name = f"halfway_{os.getpid()}_{len(names)}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(HALFWAY.format(more=more)))
+        names.append(name)
+        return name
+
     monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
 
 
-def test_a_ctrl_c_during_an_import_waits_for_the_whole_module(halfway_module):
+def test_a_ctrl_c_during_an_import_waits_for_the_whole_module(module_hit_halfway):
+    name = module_hit_halfway()
     with pytest.raises(KeyboardInterrupt):
-        imported(halfway_module)
-    module = sys.modules[halfway_module]  # imported whole, then interrupted
+        imported(name)
+    module = sys.modules[name]  # imported whole, then interrupted
     assert module.first_half and module.second_half
-    assert imported(halfway_module) is module  # already there: no second import
+    assert imported(name) is module  # already there: no second import
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_without_imported_the_same_ctrl_c_cuts_the_module_in_half(halfway_module):
-    # What ``imported`` prevents: the import stops halfway and the module is dropped.
+def test_a_second_ctrl_c_during_an_import_waits_too(module_hit_halfway):
+    name = module_hit_halfway("os.kill(os.getpid(), signal.SIGINT)")  # the user insists
     with pytest.raises(KeyboardInterrupt):
-        __import__(halfway_module)
-    assert halfway_module not in sys.modules
+        imported(name)
+    assert sys.modules[name].second_half
+
+
+def test_a_ctrl_c_during_an_import_that_fails_comes_after_the_error(module_hit_halfway):
+    name = module_hit_halfway("raise ImportError('a broken install')")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        imported(name)
+    assert isinstance(raised.value.__context__, ImportError)  # both said
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_imported_the_same_ctrl_c_cuts_the_module_in_half(module_hit_halfway):
+    # What ``imported`` prevents: the import stops halfway and the module is dropped.
+    name = module_hit_halfway()
+    with pytest.raises(KeyboardInterrupt):
+        __import__(name)
+    assert name not in sys.modules
 
 
 def test_imported_gives_a_submodule_and_says_a_missing_one():
