@@ -76,19 +76,38 @@ MIN_CHANNELS = 8
 CHUNK_BYTES = 8 * 2**20
 
 
-class ConvPool:
-    """``conv`` then ``pool`` (then ``relu``, if given), computed together (see the
-    module's docstring): the ReLU is one more step on each chunk while it is in cache."""
+class ConvPoolStep:
+    """What ``ConvPool`` and ``PatchConvPool`` share: a built Conv2D, the 2x2 pool after it
+    and optionally a ReLU, run as one step of a ``Network``; ``cache`` holds what forward
+    leaves for backward, ``_buffers`` the arrays reused from batch to batch."""
 
     def __init__(self, conv: Conv2D, pool: Pool2D, relu: ReLU | None = None) -> None:
         self.conv, self.pool, self.relu = conv, pool, relu
         self.layers: list[Layer] = [conv, pool] if relu is None else [conv, pool, relu]
         self.name = "+".join(str(layer.name) for layer in self.layers)
-        # the input X, the transformed filters U, the tiles V of the whole batch (training
-        # only: evaluation recomputes them if backward follows), for max pooling the phase
-        # of each window's first maximum (m, n_a, n_b, n_C), and the output (the ReLU's mask)
-        self.cache: tuple[np.ndarray, ...] | None = None
-        self._buffers: dict[str, np.ndarray] = {}  # reused from batch to batch: the tiles
+        self.cache: tuple | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(layer) for layer in self.layers)})"
+
+    def cached(self, dA: np.ndarray) -> tuple:
+        """Forward's cache, whose last item is the step's output A (m, n_a, n_b, n_C), once
+        backward's dA is checked against A's shape."""
+        if self.cache is None:
+            raise self.conv.error("backward called before forward")
+        if dA.shape != self.cache[-1].shape:
+            raise self.conv.error(f"gradient shape {dA.shape} does not match the pool's output")
+        return self.cache
+
+
+class ConvPool(ConvPoolStep):
+    """``conv`` then ``pool`` (then ``relu``, if given), computed together (see the
+    module's docstring): the ReLU is one more step on each chunk while it is in cache.
+    ``cache``: the input X, the transformed filters U, the tiles V of the whole batch
+    (training only: evaluation recomputes them if backward follows), for max pooling the
+    phase of each window's first maximum (m, n_a, n_b, n_C), and the output (the ReLU's
+    mask)."""
 
     @staticmethod
     def fits(conv: object, pool: object, input_shape: tuple[int, ...]) -> bool:
@@ -101,9 +120,6 @@ class ConvPool:
             return False
         n_H, n_W, _ = conv.output_shape(input_shape)
         return input_shape[2] >= MIN_CHANNELS and min(n_H, n_W) >= 2
-
-    def __repr__(self) -> str:
-        return f"ConvPool({', '.join(repr(layer) for layer in self.layers)})"
 
     def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int, int, int]:
         """For inputs of ``x_shape`` (m, n_H_prev, n_W_prev, n_C_prev): the tiles (n_a, n_b)
@@ -156,15 +172,11 @@ class ConvPool:
         """From dA (m, n_a, n_b, n_C), the gradient of the step's output (the ReLU's, if
         any): fill the conv's ``grads`` and return dX (m, n_H_prev, n_W_prev, n_C_prev), or
         None when ``input_grad`` is False."""
-        if self.cache is None:
-            raise self.conv.error("backward called before forward")
-        X, U, kept, first, A = self.cache
+        X, U, kept, first, A = self.cached(dA)
         x_shape = X.shape
         conv, dtype = self.conv, self.conv.dtype
         m, n_C_prev, n_C = x_shape[0], x_shape[3], conv.filters
         n_a, n_b, top, left, chunk, nbytes = self._geometry(x_shape)
-        if dA.shape != (m, n_a, n_b, n_C):
-            raise conv.error(f"gradient shape {dA.shape} does not match the pool's output")
         T = n_a * n_b
         signs = SIGNS.astype(dtype)[:, None, None]  # (16, 1, 1): output_adjoint's
         U_T = (U * signs).transpose(0, 2, 1)  # (16, n_C, n_C_prev): forward's, W unchanged

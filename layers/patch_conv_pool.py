@@ -46,13 +46,11 @@ import math
 import numpy as np
 
 from layers import parallel
-from layers.activations import ReLU
-from layers.base import Layer
 from layers.conv import KEEP_COLS_BYTES, Conv2D
-from layers.conv_pool import MIN_CHANNELS, finish_output, output_gradient
+from layers.conv_pool import MIN_CHANNELS, ConvPoolStep, finish_output, output_gradient
 from layers.im2col import col2im_add, im2col, pad_images, padded_shape
 from layers.parallel import reused, thread_buffers
-from layers.pool import AvgPool2D, MaxPool2D, Pool2D
+from layers.pool import AvgPool2D, MaxPool2D
 from layers.pool_steps import max_of_phases, route_to_phases
 
 # Bytes of patches and phases (P and Y) per chunk: they stay in cache between the steps.
@@ -81,19 +79,12 @@ def shifted_adjoint(dW4: np.ndarray, f: int) -> np.ndarray:
     return sum(blocks[di, dj, di : di + f, dj : dj + f] for di in range(2) for dj in range(2))
 
 
-class PatchConvPool:
+class PatchConvPool(ConvPoolStep):
     """``conv`` then ``pool`` (then ``relu``, if given), computed together (see the
-    module's docstring)."""
-
-    def __init__(self, conv: Conv2D, pool: Pool2D, relu: ReLU | None = None) -> None:
-        self.conv, self.pool, self.relu = conv, pool, relu
-        self.layers: list[Layer] = [conv, pool] if relu is None else [conv, pool, relu]
-        self.name = "+".join(str(layer.name) for layer in self.layers)
-        # the padded input, the input's shape, W4, the patches P of the whole batch
-        # (training only, when small enough: else recomputed by backward), for max pooling
-        # the phase of each window's first maximum (m, n_a, n_b, n_C), and the output
-        self.cache: tuple | None = None
-        self._buffers: dict[str, np.ndarray] = {}  # reused from batch to batch
+    module's docstring). ``cache``: the padded input, the input's shape, W4, the patches P
+    of the whole batch (training only, when small enough: else recomputed by backward),
+    for max pooling the phase of each window's first maximum (m, n_a, n_b, n_C), and the
+    output."""
 
     @staticmethod
     def fits(conv: object, pool: object, input_shape: tuple[int, ...]) -> bool:
@@ -107,9 +98,6 @@ class PatchConvPool:
             return False
         n_H, n_W, _ = conv.output_shape(input_shape)
         return input_shape[2] < MIN_CHANNELS and min(n_H, n_W) >= 2
-
-    def __repr__(self) -> str:
-        return f"PatchConvPool({', '.join(repr(layer) for layer in self.layers)})"
 
     def _geometry(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
         """For inputs of ``x_shape`` (m, n_H_prev, n_W_prev, n_C_prev): the windows (n_a,
@@ -168,14 +156,10 @@ class PatchConvPool:
         """From dA (m, n_a, n_b, n_C), the gradient of the step's output (the ReLU's, if
         any): fill the conv's ``grads`` and return dX (m, n_H_prev, n_W_prev, n_C_prev), or
         None when ``input_grad`` is False."""
-        if self.cache is None:
-            raise self.conv.error("backward called before forward")
-        X_pad, x_shape, W4, kept, first, A = self.cache
+        X_pad, x_shape, W4, kept, first, A = self.cached(dA)
         conv, dtype = self.conv, self.conv.dtype
         m, n_C = x_shape[0], conv.filters
         n_a, n_b, K, chunk, nbytes = self._geometry(x_shape)
-        if dA.shape != (m, n_a, n_b, n_C):
-            raise conv.error(f"gradient shape {dA.shape} does not match the pool's output")
         T = n_a * n_b
         dW4_parts = np.empty((math.ceil(m / chunk), 4, K, n_C), dtype=dtype)
         db_parts = np.empty((len(dW4_parts), n_C), dtype=dtype)
