@@ -267,17 +267,19 @@ class Conv2D(Layer):
             inputs = pad_images(X[examples], padding,
                                 reused(thread_buffers(), "padded", shape, X.dtype))
         else:
-            inputs = np.ascontiguousarray(inputs[examples])  # a view, or X itself's copy
-        f, s = self.f, self.stride
-        per_example, per_row, per_column, _ = (st // inputs.itemsize for st in inputs.strides)
+            inputs = inputs[examples]
+        inputs = np.ascontiguousarray(inputs)  # a view, or a copy of X's examples
+        f, s, item = self.f, self.stride, inputs.itemsize
+        per_example, per_row, per_column, _ = (st // item for st in inputs.strides)
         run = f * per_column  # a window's row: f pixels of n_C_prev values, contiguous
-        flat = inputs.reshape(-1)
-        runs = np.lib.stride_tricks.as_strided(  # (every start, run), a read-only view
-            flat, shape=(flat.size - run + 1, run), strides=(flat.itemsize, flat.itemsize),
-            writeable=False)
+        # every run of ``run`` values as ONE item (a void dtype; the items overlap): a
+        # window's row is then gathered as one copy, not ``run`` (2.5x faster for 4x4x3)
+        runs = np.ndarray((inputs.size - run + 1,), np.dtype((np.void, run * item)),
+                          inputs, 0, (item,))
+        runs.flags.writeable = False
         corner = example * per_example + row * (s * per_row) + column * (s * per_column)
         starts = corner[:, None] + np.arange(f) * per_row  # (L, f): the window's rows
-        return runs[starts].reshape(len(corner), f * run)  # (L, K)
+        return runs[starts].view(self.dtype).reshape(len(corner), f * run)  # (L, K)
 
     # -- the pieces: padded input, chunks, im2col matrices ------------------------------
     def _padded_input(self, X: np.ndarray) -> tuple[np.ndarray, int]:
