@@ -126,9 +126,9 @@ class PatchConvPool(ConvPoolStep):
         m, n_C = X.shape[0], conv.filters
         n_a, n_b, K, chunk, nbytes = self._geometry(X.shape)
         T = n_a * n_b  # windows per example
-        padding = conv.padding(*X.shape[1:3])
-        X_pad = X if not any(padding) else pad_images(
-            X, padding, reused(self._buffers, "padded", padded_shape(X.shape, padding), dtype))
+        padding = conv.padding(*X.shape[1:3])  # X_pad: filled chunk by chunk, in the threads
+        X_pad = X if not any(padding) else \
+            reused(self._buffers, "padded", padded_shape(X.shape, padding), dtype)
         W4 = shifted_filters(conv.params["W"])  # (4, K, n_C)
         b = conv.params["b"].reshape(n_C)
         A = np.empty((m, n_a, n_b, n_C), dtype=dtype)
@@ -138,6 +138,8 @@ class PatchConvPool(ConvPoolStep):
         kept = reused(self._buffers, "patches", (m * T * K,), dtype) if keep else None
 
         def forward_chunk(k: int, start: int, stop: int) -> None:
+            if X_pad is not X:
+                pad_images(X[start:stop], padding, X_pad[start:stop])
             P = self._patches(X_pad, start, stop, T, K, kept)  # (c*T, K)
             A_k = A[start:stop].reshape(len(P), n_C)  # a view: rows (example, a, b)
             if first is None:  # the average of the phases: one product
