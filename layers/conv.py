@@ -160,11 +160,14 @@ class Conv2D(Layer):
         """K = f*f*n_C_prev, the values of one window: the im2col matrix's columns."""
         return math.prod(self.params["W"].shape[:3])
 
-    def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
+    def forward(self, X: np.ndarray, training: bool = True, *, bias: bool = True
+                ) -> np.ndarray:
         """Convolve ``X`` (m, n_H_prev, n_W_prev, n_C_prev) -> Z (m, n_H, n_W, n_C).
 
-        Per chunk of examples: im2col, the product with W, the bias. On the planar path Z
-        is computed over the padded width and returned as a view without the extra columns.
+        Per chunk of examples: im2col, the product with W, the bias (unless ``bias`` is
+        False: a step that adds it after pooling, ``layers.first_conv_pool``). On the
+        planar path Z is computed over the padded width and returned as a view without the
+        extra columns.
         """
         self.check_input(X)
         m, n_C = X.shape[0], self.filters
@@ -184,7 +187,8 @@ class Conv2D(Layer):
             cols = self._cols(inputs, start, stop, positions, out)  # (c*positions, K)
             Z_chunk = Z_flat[rows]  # (c*positions, n_C)
             np.matmul(cols, W_flat, out=Z_chunk)
-            add_bias(Z_chunk, b)  # while the chunk is still in cache
+            if bias:
+                add_bias(Z_chunk, b)  # while the chunk is still in cache
 
         parallel.over_chunks(forward_chunk, m, *self._chunks(m, positions))
         self.cache = (X, inputs, kept)

@@ -13,8 +13,8 @@ channel. So instead of the whole im2col matrix and a product with a dZ that is m
 (``MaxPool2D.first_maxima``) and the convolution's input windows at those outputs only
 (``Conv2D.grads_at``): for the course's SIGNS model, 8x8 windows, 1/64 of the windows.
 
-Forward is the two layers' own. Backward asked for the input's gradient (a saliency map)
-is the two layers' own too.
+Forward is the two layers' own, but for the bias, added after pooling. Backward asked for
+the input's gradient (a saliency map) is the two layers' own.
 """
 
 from __future__ import annotations
@@ -55,8 +55,15 @@ class FirstConvPool:
         return f"FirstConvPool({self.conv!r}, {self.pool!r})"
 
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:
-        """X (m, n_H_prev, n_W_prev, n_C_prev) -> the pool's output (m, n_H, n_W, n_C)."""
-        return self.pool.forward(self.conv.forward(X, training), training)
+        """X (m, n_H_prev, n_W_prev, n_C_prev) -> the pool's output (m, n_H, n_W, n_C).
+
+        The bias is added after pooling (``max(z + b) = max(z) + b``), to 1/64 of the
+        values for 8x8 windows: two outputs that tie only once b is added (they differ by
+        less than its rounding) send the gradient to the larger, where the layers send it
+        to the first, as in ``layers.conv_pool``."""
+        A = self.pool.forward(self.conv.forward(X, training, bias=False), training)
+        A += self.conv.params["b"].reshape(-1)  # (n_C,), along the channels
+        return A
 
     def backward(self, dA: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """From the pool's output gradient dA (m, n_H, n_W, n_C): fill the conv's grads;
