@@ -18,6 +18,7 @@ from pathlib import Path
 from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.interrupts import STOPPED_BEFORE_THE_RUN
 from pipeline.run_files import CHECKPOINT
 from pipeline.tracking.names import command, shell_path
 from pipeline.tracking.store import TrackingError
@@ -117,6 +118,6 @@ def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
     name, code = _signal(e)
     what = ("the sweep stopped; finished jobs keep their runs, the running job and the "
             "parent run end KILLED") if {"-m", "--multirun"} & set(sys.argv[1:]) else (
-            "stopped before the run began; nothing was saved")
+            STOPPED_BEFORE_THE_RUN)
     print(f"{name}: {what}", file=sys.stderr)
     return SystemExit(code)

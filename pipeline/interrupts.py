@@ -8,18 +8,24 @@ and says so in one line, whatever it was doing when the signal came.
   slow libraries (matplotlib, scikit-learn, pandas) load when first needed, often in the
   middle of training, where a Ctrl-C is likely to land.
 * ``interrupt_behind``: the KeyboardInterrupt behind an exception that wraps it.
+* ``exit_while_starting``: before a run begins (``python -m pipeline`` loading its
+  modules), either signal ends the process at once, in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
+
+# What a run stopped before it began says after the signal's name (``errors``, and here)
+STOPPED_BEFORE_THE_RUN = "stopped before the run began; nothing was saved"
 
 
 def interrupt_on_sigterm() -> Any:
@@ -113,3 +119,28 @@ def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
         seen.add(id(found))
         found = found.__cause__ or found.__context__
     return None
+
+
+@contextlib.contextmanager
+def exit_while_starting() -> Iterator[None]:
+    """Ctrl-C or SIGTERM while the block runs (``python -m pipeline`` loading its modules,
+    about 0.4 s) ends the process at once: ``<signal>: stopped before the run began;
+    nothing was saved`` and the signal's exit code (130, 143), instead of Python's
+    traceback of the import it cut. ``os._exit``: nothing has started, and an import cut in
+    half (a compiled extension's, see ``imported``) must not reach the interpreter's
+    shutdown. The handlers from before are back after the block. Outside the main thread
+    (where handlers cannot be set) it does nothing."""
+    def handler(signum: int, frame: Any) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        os.write(2, f"{name}: {STOPPED_BEFORE_THE_RUN}\n".encode())
+        os._exit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # no handlers there
+        yield
+        return
+    old = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)

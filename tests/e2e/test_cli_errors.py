@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,31 @@ def test_the_full_traceback_stays_available(tmp_path):
     proc = cli(tmp_path, "seed=-1", HYDRA_FULL_ERROR="1")
     assert proc.returncode == 1 and "Traceback" in proc.stderr
     assert "seed must be an integer >= 0" in proc.stderr
+
+
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_while_the_pipeline_starts_is_one_line(tmp_path, signum, code, name):
+    """A signal while ``python -m pipeline`` loads its modules (about 0.4 s) or composes its
+    config: one line and the signal's exit code, never Python's traceback of the import it
+    cut. (0.15 s lands in the imports, later ones in the config or the data.)"""
+    args = [sys.executable, "-m", "pipeline", *QUICK, f"data.cache_dir={tmp_path / 'data'}",
+            "tracking.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    for delay in (0.15, 0.3, 0.6):
+        proc = subprocess.Popen(args, cwd=tmp_path, env=pipeline_env(), start_new_session=True,
+                                preexec_fn=ctrl_c_delivered, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            os.killpg(proc.pid, signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == code, (delay, err)
+        assert "Traceback" not in err and err.count("\n") == 1, (delay, err)
+        assert err.startswith(f"{name}: "), (delay, err)
 
 
 @pytest.mark.parametrize("signum, code, name", [

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from pipeline.interrupts import (
+    STOPPED_BEFORE_THE_RUN,
+    exit_while_starting,
     imported,
     interrupt_behind,
     interrupt_on_sigterm,
     signals_held,
 )
+from tests.support import ROOT
 
 
 @pytest.fixture
@@ -173,3 +177,34 @@ def test_the_interrupt_behind_an_exception_is_found_through_causes_and_contexts(
     looped.__context__ = RuntimeError()
     looped.__context__.__context__ = looped
     assert interrupt_behind(looped) is None
+
+
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_starting_ends_the_process_at_once_in_one_line(signum, code, name):
+    """Inside ``exit_while_starting`` (``python -m pipeline`` loading its modules) a signal
+    ends the process at once: its one line, its exit code, nothing after it runs."""
+    script = textwrap.dedent(f"""
+        import os, time
+        from pipeline.interrupts import exit_while_starting
+        with exit_while_starting():
+            os.kill(os.getpid(), {int(signum)})
+            time.sleep(5)  # never reached: the handler exits
+        print("after the block")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == code
+    assert proc.stdout == ""
+    assert proc.stderr == f"{name}: {STOPPED_BEFORE_THE_RUN}\n"
+
+
+def test_after_exit_while_starting_the_handlers_from_before_are_back():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with exit_while_starting():
+        assert signal.getsignal(signal.SIGINT) not in before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt), exit_while_starting():
+        raise KeyboardInterrupt  # an exception from the block passes through
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
