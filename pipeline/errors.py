@@ -11,14 +11,13 @@ kept in ``PIPELINE_FULL_ERROR`` (sweep workers inherit it): ``1`` still shows tr
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 from hydra.errors import CompactHydraException, MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.interrupts import STOPPED_BEFORE_THE_RUN
+from pipeline.interrupts import STOPPED_BEFORE_THE_RUN, signal_of
 from pipeline.run_files import CHECKPOINT
 from pipeline.tracking.names import command, shell_path
 from pipeline.tracking.store import TrackingError
@@ -60,17 +59,10 @@ def interrupted_line(signal_name: str, out_dir: Path, resumed_from: str | None) 
     return f"{signal_name}: the last finished epoch is saved in {checkpoint}; resume: {again}"
 
 
-def _signal(e: KeyboardInterrupt) -> tuple[str, int]:
-    """The signal that stopped the process (``interrupts.interrupt_on_sigterm`` raises a
-    KeyboardInterrupt for SIGTERM too) and the exit code that says it: 130 or 143."""
-    sigterm = str(e) == f"signal {signal.SIGTERM}"
-    return ("SIGTERM", 128 + signal.SIGTERM) if sigterm else ("Ctrl-C", 128 + signal.SIGINT)
-
-
 def run_interrupted(e: KeyboardInterrupt, out_dir: Path, resumed_from: str | None) -> SystemExit:
     """A single run stopped by Ctrl-C or SIGTERM: ``interrupted_line`` on stderr, and the
     exit that says which signal it was."""
-    name, code = _signal(e)
+    name, code = signal_of(e)
     print(interrupted_line(name, out_dir, resumed_from), file=sys.stderr)
     return SystemExit(code)
 
@@ -115,7 +107,7 @@ def sweep_interrupted(e: KeyboardInterrupt) -> SystemExit:
     """A sweep (or a run still composing its config) stopped by Ctrl-C (130) or SIGTERM
     (143), said in one line; a sweep's exit handler then ends its parent and running
     children KILLED."""
-    name, code = _signal(e)
+    name, code = signal_of(e)
     what = ("the sweep stopped; finished jobs keep their runs, the running job and the "
             "parent run end KILLED") if {"-m", "--multirun"} & set(sys.argv[1:]) else (
             STOPPED_BEFORE_THE_RUN)

@@ -9,7 +9,8 @@ and says so in one line, whatever it was doing when the signal came.
   middle of training, where a Ctrl-C is likely to land.
 * ``interrupt_behind``: the KeyboardInterrupt behind an exception that wraps it.
 * ``exit_while_starting``: before a run begins (``python -m pipeline`` loading its
-  modules), either signal ends the process at once, in one line.
+  modules), either signal ends the process at once, in one line; ``run_command``: a short
+  command's Ctrl-C, in one line.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 # What a run stopped before it began says after the signal's name (``errors``, and here)
 STOPPED_BEFORE_THE_RUN = "stopped before the run began; nothing was saved"
+# What a short command (``pipeline.predict``, ``report``, ``make_h5``) says
+STOPPED = "stopped"
 
 
 def interrupt_on_sigterm() -> Any:
@@ -122,17 +125,17 @@ def interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
 
 
 @contextlib.contextmanager
-def exit_while_starting() -> Iterator[None]:
-    """Ctrl-C or SIGTERM while the block runs (``python -m pipeline`` loading its modules,
-    about 0.4 s) ends the process at once: ``<signal>: stopped before the run began;
-    nothing was saved`` and the signal's exit code (130, 143), instead of Python's
-    traceback of the import it cut. ``os._exit``: nothing has started, and an import cut in
-    half (a compiled extension's, see ``imported``) must not reach the interpreter's
-    shutdown. The handlers from before are back after the block. Outside the main thread
-    (where handlers cannot be set) it does nothing."""
+def exit_while_starting(said: str = STOPPED_BEFORE_THE_RUN) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while the block runs (a command loading its modules: 0.4 s for
+    ``python -m pipeline``) ends the process at once: ``<signal>: <said>`` (by default
+    ``stopped before the run began; nothing was saved``) and the signal's exit code (130,
+    143), instead of Python's traceback of the import it cut. ``os._exit``: nothing has
+    started, and an import cut in half (a compiled extension's, see ``imported``) must not
+    reach the interpreter's shutdown. The handlers from before are back after the block.
+    Outside the main thread (where handlers cannot be set) it does nothing."""
     def handler(signum: int, frame: Any) -> None:
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        os.write(2, f"{name}: {STOPPED_BEFORE_THE_RUN}\n".encode())
+        os.write(2, f"{name}: {said}\n".encode())
         os._exit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():  # no handlers there
@@ -144,3 +147,25 @@ def exit_while_starting() -> Iterator[None]:
     finally:
         for signum, previous in old.items():
             signal.signal(signum, previous)
+
+
+def signal_of(e: KeyboardInterrupt) -> tuple[str, int]:
+    """The signal behind ``e`` (``interrupt_on_sigterm`` raises KeyboardInterrupt for
+    SIGTERM too), as said to the user, and the exit code that says it: ("Ctrl-C", 130) or
+    ("SIGTERM", 143)."""
+    if str(e) == f"signal {signal.SIGTERM}":
+        return "SIGTERM", 128 + signal.SIGTERM
+    return "Ctrl-C", 128 + signal.SIGINT
+
+
+def run_command(main: Callable[[], int | None]) -> None:
+    """``raise SystemExit(main())`` for a short command (``pipeline.predict``, ``report``,
+    ``make_h5``): Ctrl-C or SIGTERM says ``<signal>: stopped`` and exits 130 or 143,
+    without a traceback."""
+    interrupt_on_sigterm()
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as e:
+        name, code = signal_of(e)
+        print(f"{name}: {STOPPED}", file=sys.stderr)
+        raise SystemExit(code) from None

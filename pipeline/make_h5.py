@@ -15,13 +15,16 @@ step (a reader never sees half a file). An existing file is kept unless ``--forc
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from pipeline.interrupts import STOPPED, exit_while_starting, run_command
 
-from pipeline.data.h5 import read_split
-from pipeline.data.imagefolder import write_image_folder
+with exit_while_starting(STOPPED):  # a Ctrl-C while these load: one line
+    import argparse
+    import sys
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from pipeline.data.h5 import read_split
+    from pipeline.data.imagefolder import write_image_folder
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,4 +72,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main)

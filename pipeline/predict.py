@@ -22,19 +22,23 @@ the training images were (LANCZOS). Bad input is one line, ``error: ...``, exit 
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+from pipeline.interrupts import STOPPED, exit_while_starting, imported, run_command
 
-import numpy as np
-from PIL import Image
+with exit_while_starting(STOPPED):  # a Ctrl-C while these load (0.5 s): one line
+    import argparse
+    import os
+    import re
+    import sys
+    from collections.abc import Sequence
+    from pathlib import Path
 
-from pipeline.data.imagefolder import IMAGE_EXTENSIONS, resized_rgb
-from pipeline.run_files import MODEL_FILES
-from pipeline.serving.inference import Predictor
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.imagefolder import IMAGE_EXTENSIONS, resized_rgb
+    from pipeline.run_files import MODEL_FILES
+    from pipeline.serving.inference import Predictor
+
 
 URI_FORMS = ("runs:/<run id>/<name>, models:/<name>/<version>, models:/<name>@<alias> or "
              "models:/<model id>")
@@ -140,9 +144,9 @@ def _from_run_dir(path: Path) -> Predictor:
 def _open_store(model: str, tracking_uri: str | None) -> str:
     """The tracking store that model URIs are looked up in, made MLflow's: ``tracking_uri``,
     else ``MLFLOW_TRACKING_URI``, else ./mlflow.db; PredictError when it is not there."""
-    import mlflow
-
     from pipeline.tracking.store import resolve_uri, server_answers, sqlite_path
+
+    mlflow = imported("mlflow")  # a Ctrl-C waits for it whole (pipeline.interrupts)
 
     store = resolve_uri(tracking_uri)
     if (db := sqlite_path(store)) is not None and not db.is_file():
@@ -235,10 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("Ctrl-C: stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+        run_command(main)
     except BrokenPipeError:  # the reader stopped early (| head): what it read is complete
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         raise SystemExit(0) from None

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
-import argparse
-import re
-import sys
-from typing import TYPE_CHECKING
+from pipeline.interrupts import STOPPED, exit_while_starting, imported, run_command
 
-from pipeline.tracking.store import TrackingError, check_server, resolve_uri, sqlite_path
-from pipeline.tracking.summary import OBJECTIVE, SWEEP_TAG, format_table, sweep_table
+with exit_while_starting(STOPPED):  # a Ctrl-C while these load: one line
+    import argparse
+    import re
+    from typing import TYPE_CHECKING
+
+    from pipeline.tracking.store import TrackingError, check_server, resolve_uri, sqlite_path
+    from pipeline.tracking.summary import OBJECTIVE, SWEEP_TAG, format_table, sweep_table
+
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory",
     )
     args = parser.parse_args(argv)
-    from mlflow.tracking import MlflowClient
+    MlflowClient = imported("mlflow.tracking").MlflowClient  # a Ctrl-C waits for it whole
 
     uri = resolve_uri(args.tracking_uri)
     try:
@@ -86,4 +89,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

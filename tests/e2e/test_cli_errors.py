@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.h5 import write_split
-from tests.support import ctrl_c_delivered, pipeline_env, run_pipeline, wait_for
+from tests.support import ROOT, ctrl_c_delivered, pipeline_env, run_pipeline, wait_for
 
 pytestmark = pytest.mark.slow  # end to end: the CLI in subprocesses
 
@@ -153,6 +153,47 @@ def test_the_full_traceback_stays_available(tmp_path):
     proc = cli(tmp_path, "seed=-1", HYDRA_FULL_ERROR="1")
     assert proc.returncode == 1 and "Traceback" in proc.stderr
     assert "seed must be an integer >= 0" in proc.stderr
+
+
+# A sitecustomize that signals its own process when a module is first imported: a signal
+# exactly while a command loads its modules, whatever the machine's speed.
+SIGNAL_AT_IMPORT = """
+import os, signal, sys
+
+class SignalAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == {target!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), {signum})
+        return None
+
+sys.meta_path.insert(0, SignalAtImport())
+"""
+
+
+@pytest.mark.parametrize("command, loading, said", [
+    (("pipeline",), "hydra", "stopped before the run began; nothing was saved"),
+    (("pipeline.predict", "run", "images"), "PIL", "stopped"),
+    (("pipeline.report",), "pipeline.tracking.summary", "stopped"),
+    (("pipeline.make_h5", "images"), "pipeline.data.h5", "stopped"),
+    (("pipeline.report",), "mlflow", "stopped"),  # later: MLflow loads once main runs
+], ids=["pipeline", "predict", "report", "make_h5", "report-main"])
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_command_loads_its_modules_is_one_line(
+    tmp_path, command, loading, said, signum, code, name
+):
+    """Every command signalled while it imports (when ``loading`` is first imported): one
+    line and the signal's exit code, never Python's traceback of the import it cut."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        SIGNAL_AT_IMPORT.format(target=loading, signum=int(signum)))
+    env = pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    proc = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (code, f"{name}: {said}\n")
 
 
 @pytest.mark.parametrize("signum, code, name", [
