@@ -131,8 +131,9 @@ def exit_while_starting(said: str = STOPPED_BEFORE_THE_RUN) -> Iterator[None]:
     ``stopped before the run began; nothing was saved``) and the signal's exit code (130,
     143), instead of Python's traceback of the import it cut. ``os._exit``: nothing has
     started, and an import cut in half (a compiled extension's, see ``imported``) must not
-    reach the interpreter's shutdown. The handlers from before are back after the block.
-    Outside the main thread (where handlers cannot be set) it does nothing."""
+    reach the interpreter's shutdown. The handlers from before are back after the block; a
+    signal the process ignores (``nohup``, ``&`` in a script) stays ignored. Outside the
+    main thread (where handlers cannot be set) it does nothing."""
     def handler(signum: int, frame: Any) -> None:
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         os.write(2, f"{name}: {said}\n".encode())
@@ -141,7 +142,8 @@ def exit_while_starting(said: str = STOPPED_BEFORE_THE_RUN) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # no handlers there
         yield
         return
-    old = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    old = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)
+           if signal.getsignal(signum) is not signal.SIG_IGN}  # an ignored one stays so
     try:
         yield
     finally:

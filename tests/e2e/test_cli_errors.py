@@ -192,8 +192,26 @@ def test_a_signal_while_a_command_loads_its_modules_is_one_line(
         SIGNAL_AT_IMPORT.format(target=loading, signum=int(signum)))
     env = pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
     proc = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          preexec_fn=ctrl_c_delivered, capture_output=True, text=True,
+                          timeout=60)
     assert (proc.returncode, proc.stderr) == (code, f"{name}: {said}\n")
+
+
+def test_a_ctrl_c_ignored_by_the_caller_stays_ignored_while_the_pipeline_starts(tmp_path):
+    """A job started with SIGINT ignored (``nohup``, ``&`` in a script) is not stopped by a
+    Ctrl-C while it loads its modules either: it runs to its end."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        SIGNAL_AT_IMPORT.format(target="hydra", signum=int(signal.SIGINT)))
+    env = pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *QUICK, "trainer.epochs=1", "tracking.enabled=false",
+         f"data.cache_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
 
 
 @pytest.mark.parametrize("signum, code, name", [
