@@ -62,7 +62,8 @@ class FirstConvPool:
         less than its rounding) send the gradient to the larger, where the layers send it
         to the first, as in ``layers.conv_pool``."""
         A = self.pool.forward(self.conv.forward(X, training, bias=False), training)
-        A += self.conv.params["b"].reshape(-1)  # (n_C,), along the channels
+        A += self.conv.params["b"].reshape(-1)  # (n_C,); the pool's cached A too, which
+        # its backward for windows apart never reads
         return A
 
     def backward(self, dA: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

@@ -29,6 +29,8 @@ from typing import Any
 STOPPED_BEFORE_THE_RUN = "stopped before the run began; nothing was saved"
 # What a short command (``pipeline.predict``, ``report``, ``make_h5``) says
 STOPPED = "stopped"
+# How each signal is named to the user; the exit code that says it is 128 + its number
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 def interrupt_on_sigterm() -> Any:
@@ -135,14 +137,13 @@ def exit_while_starting(said: str = STOPPED_BEFORE_THE_RUN) -> Iterator[None]:
     signal the process ignores (``nohup``, ``&`` in a script) stays ignored. Outside the
     main thread (where handlers cannot be set) it does nothing."""
     def handler(signum: int, frame: Any) -> None:
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        os.write(2, f"{name}: {said}\n".encode())
+        os.write(2, f"{SIGNAL_NAMES[signum]}: {said}\n".encode())
         os._exit(128 + signum)
 
     if threading.current_thread() is not threading.main_thread():  # no handlers there
         yield
         return
-    old = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)
+    old = {signum: signal.signal(signum, handler) for signum in SIGNAL_NAMES
            if signal.getsignal(signum) is not signal.SIG_IGN}  # an ignored one stays so
     try:
         yield
@@ -155,9 +156,8 @@ def signal_of(e: KeyboardInterrupt) -> tuple[str, int]:
     """The signal behind ``e`` (``interrupt_on_sigterm`` raises KeyboardInterrupt for
     SIGTERM too), as said to the user, and the exit code that says it: ("Ctrl-C", 130) or
     ("SIGTERM", 143)."""
-    if str(e) == f"signal {signal.SIGTERM}":
-        return "SIGTERM", 128 + signal.SIGTERM
-    return "Ctrl-C", 128 + signal.SIGINT
+    signum = signal.SIGTERM if str(e) == f"signal {signal.SIGTERM}" else signal.SIGINT
+    return SIGNAL_NAMES[signum], 128 + signum
 
 
 def run_command(main: Callable[[], int | None]) -> None:

@@ -171,6 +171,16 @@ sys.meta_path.insert(0, SignalAtImport())
 """
 
 
+def signal_at_import(tmp_path: Path, loading: str, signum: int) -> dict[str, str]:
+    """``pipeline_env()`` with a ``sitecustomize`` that sends ``signum`` when the module
+    ``loading`` is first imported."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        SIGNAL_AT_IMPORT.format(target=loading, signum=int(signum)))
+    return pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+
+
 @pytest.mark.parametrize("command, loading, said", [
     (("pipeline",), "hydra", "stopped before the run began; nothing was saved"),
     (("pipeline.predict", "run", "images"), "PIL", "stopped"),
@@ -186,11 +196,7 @@ def test_a_signal_while_a_command_loads_its_modules_is_one_line(
 ):
     """Every command signalled while it imports (when ``loading`` is first imported): one
     line and the signal's exit code, never Python's traceback of the import it cut."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        SIGNAL_AT_IMPORT.format(target=loading, signum=int(signum)))
-    env = pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    env = signal_at_import(tmp_path, loading, signum)
     proc = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env,
                           preexec_fn=ctrl_c_delivered, capture_output=True, text=True,
                           timeout=60)
@@ -200,11 +206,7 @@ def test_a_signal_while_a_command_loads_its_modules_is_one_line(
 def test_a_ctrl_c_ignored_by_the_caller_stays_ignored_while_the_pipeline_starts(tmp_path):
     """A job started with SIGINT ignored (``nohup``, ``&`` in a script) is not stopped by a
     Ctrl-C while it loads its modules either: it runs to its end."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        SIGNAL_AT_IMPORT.format(target="hydra", signum=int(signal.SIGINT)))
-    env = pipeline_env(PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    env = signal_at_import(tmp_path, "hydra", signal.SIGINT)
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", *QUICK, "trainer.epochs=1", "tracking.enabled=false",
          f"data.cache_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
