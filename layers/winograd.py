@@ -58,16 +58,17 @@ def tiles(n_H: int, n_W: int) -> tuple[int, int]:
 
 def filter_transform(W: np.ndarray) -> np.ndarray:
     """U = G g G^T for every filter: W (3, 3, n_C_prev, n_C) -> U (16, n_C_prev, n_C), in
-    W's dtype (computed in float64)."""
-    U = FILTER @ W.reshape(9, -1).astype(np.float64)  # (16, n_C_prev * n_C)
-    return U.astype(W.dtype).reshape(16, *W.shape[2:])
+    W's dtype. (FILTER's coefficients are exact in float32; computing in float64 and
+    rounding took 0.35-0.6 ms a call for deep_cnn's conv4, on one thread, against 0.05.)"""
+    U = FILTER.astype(W.dtype) @ W.reshape(9, -1)  # (16, n_C_prev * n_C)
+    return U.reshape(16, *W.shape[2:])
 
 
 def filter_adjoint(dU: np.ndarray) -> np.ndarray:
     """The gradient of ``filter_transform``: dU (16, n_C_prev, n_C) -> dW (3, 3, n_C_prev,
-    n_C), in dU's dtype (computed in float64)."""
-    dW = FILTER.T @ dU.reshape(16, -1).astype(np.float64)  # (9, n_C_prev * n_C)
-    return dW.astype(dU.dtype).reshape(3, 3, *dU.shape[1:])
+    n_C), in dU's dtype."""
+    dW = FILTER.T.astype(dU.dtype) @ dU.reshape(16, -1)  # (9, n_C_prev * n_C)
+    return dW.reshape(3, 3, *dU.shape[1:])
 
 
 def output_adjoint(dM: np.ndarray) -> None:
