@@ -206,3 +206,59 @@ def test_step_rejects_mismatched_grads() -> None:
     with pytest.raises(ValueError, match="gradient of 'dense1.W' has shape"):
         opt.step(params, bad)
     assert opt.t == 0  # nothing was applied
+
+
+# -- Adam over all parameters at once ----------------------------------------------------------
+def adam_one_at_a_time(opt: Adam, params, grads_seq) -> None:
+    """What ``Adam.step`` computes, through the per-parameter ``Optimizer.step``."""
+    for grads in grads_seq:
+        Optimizer.step(opt, params, grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_all_at_once_equals_one_parameter_at_a_time(dtype) -> None:
+    """Bit for bit, weight decay included, with one parameter big enough for the threads."""
+    shapes = {**SHAPES, "dense2.W": (600, 500)}  # 1.2 MB in float32: split between threads
+    rng = np.random.default_rng(0)
+    start = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+             for _ in range(4)]
+    kw = {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "weight_decay": 0.01}
+    together, alone = Adam(**kw), Adam(**kw)
+    params_together = run(together, {k: v.copy() for k, v in start.items()}, grads)
+    params_alone = {k: v.copy() for k, v in start.items()}
+    adam_one_at_a_time(alone, params_alone, grads)
+    for k in shapes:
+        np.testing.assert_array_equal(params_together[k], params_alone[k], err_msg=k)
+        for slot in ("m", "v"):
+            np.testing.assert_array_equal(together.state[slot][k], alone.state[slot][k])
+
+
+def test_adam_state_is_kept_across_loads_and_new_parameters() -> None:
+    """After ``load_state_dict`` the loaded moments are used (not zeros), and a parameter
+    set that changes (a new one) starts its moments at zero, the others kept."""
+    grads = grad_sequence(steps=4)
+    a = Adam(lr=0.05)
+    params = run(a, make_params(), grads[:2])
+    b = Adam(lr=0.05)
+    b.load_state_dict(a.state_dict())
+    params_b = {k: v.copy() for k, v in params.items()}
+    run(a, params, grads[2:])
+    run(b, params_b, grads[2:])
+    for k in params:
+        np.testing.assert_array_equal(params[k], params_b[k])
+    m_before = {k: v.copy() for k, v in b.state["m"].items()}
+    params_b["extra.b"], g = np.zeros(2), {**grads[0], "extra.b": np.ones(2)}
+    b.step(params_b, g)
+    np.testing.assert_allclose(b.state["m"]["extra.b"], 0.1)  # (1 - 0.9) * 1 from zero
+    np.testing.assert_allclose(b.state["m"]["dense1.W"], 0.9 * m_before["dense1.W"]
+                               + 0.1 * grads[0]["dense1.W"])
+
+
+def test_adam_with_mixed_dtypes_updates_each_in_its_own() -> None:
+    params = {"a.W": np.ones((2, 2), np.float32), "b.W": np.ones(3, np.float64)}
+    grads = {"a.W": np.ones((2, 2), np.float32), "b.W": np.ones(3, np.float64)}
+    Adam(lr=0.1).step(params, grads)
+    assert params["a.W"].dtype == np.float32 and params["b.W"].dtype == np.float64
+    np.testing.assert_allclose(params["a.W"], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(params["b.W"], 0.9)
