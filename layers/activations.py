@@ -11,6 +11,22 @@ import numpy as np
 
 from layers.base import Layer, Shape
 
+# Zeros for ``relu_in_place``, by dtype: read, never written, shared by all threads (one
+# that grows it while another reads the old array leaves both correct).
+_zeros: dict[np.dtype, np.ndarray] = {}
+
+
+def relu_in_place(A: np.ndarray) -> None:
+    """``A = max(A, 0)`` in place, for a C-contiguous A of any shape.
+
+    Taken against an array of zeros: NumPy 2.4's ``maximum`` with a scalar runs a slow loop
+    (AMD EPYC here, 131k float32 in cache: 96 us with the scalar, 15 us with the array).
+    """
+    zeros = _zeros.get(A.dtype)
+    if zeros is None or zeros.size < A.size:
+        zeros = _zeros[A.dtype] = np.zeros(A.size, A.dtype)  # pages untouched: no cost
+    np.maximum(A, zeros[: A.size].reshape(A.shape), out=A)
+
 
 class ReLU(Layer):
     """``Y = max(X, 0)`` element-wise; ``dX = dout * (X > 0)``."""

@@ -46,7 +46,7 @@ import math
 import numpy as np
 
 from layers import parallel
-from layers.activations import ReLU
+from layers.activations import ReLU, relu_in_place
 from layers.base import Layer
 from layers.conv import Conv2D, add_bias
 from layers.parallel import reused, thread_buffers
@@ -221,7 +221,7 @@ def finish_output(A: np.ndarray, b: np.ndarray, relu: bool) -> None:
     the ReLU if ``relu`` (``ConvPool``, ``PatchConvPool``)."""
     add_bias(A, b)
     if relu:
-        np.maximum(A, 0, out=A)
+        relu_in_place(A)
 
 
 def output_gradient(dA: np.ndarray, A: np.ndarray, relu: bool, ones: np.ndarray,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layers.activations import Dropout, Flatten, ReLU
+from layers.activations import Dropout, Flatten, ReLU, relu_in_place
 from layers.base import Layer
 from layers.dense import Dense
 from layers.gradcheck import numerical_grad, rel_error
@@ -75,6 +75,20 @@ def test_dense_forward_and_he_init() -> None:
     assert abs(W.std() - np.sqrt(2 / 200)) < 0.005
     X = np.random.default_rng(8).standard_normal((5, 200)).astype(np.float32)
     np.testing.assert_allclose(layer.forward(X), X @ W + b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_in_place_is_maximum_with_zero(dtype) -> None:
+    """Bit for bit ``np.maximum(A, 0)``, NaN, infinities and signed zeros included, for
+    arrays smaller and larger than the zeros it has kept."""
+    special = np.array([-0.0, 0.0, -1.5, 2.0, np.nan, -np.inf, np.inf], dtype)
+    rng = np.random.default_rng(0)
+    for A in (special, rng.standard_normal((3, 5, 7)).astype(dtype),
+              rng.standard_normal((64, 300)).astype(dtype), special.reshape(7, 1)):
+        expected = np.maximum(A, 0)
+        relu_in_place(A)
+        np.testing.assert_array_equal(A, expected)
+        np.testing.assert_array_equal(np.signbit(A), np.signbit(expected))
 
 
 def test_relu_forward() -> None:
