@@ -119,6 +119,20 @@ def test_chunk_size(m, example_bytes, budget, expected):
     assert parallel.chunk_size(m, example_bytes, budget) == expected
 
 
+@pytest.mark.parametrize(
+    ("m", "least", "expected"),
+    [
+        (64, 1, 8),  # 8 chunks of 8 for the threads
+        (64, 16, 16),  # fewer, longer chunks: 4 of 16
+        (64, 8, 8),  # already long enough
+        (24, 32, 24),  # never more than the batch: one chunk
+    ],
+)
+def test_chunk_size_holds_at_least_least_examples(m, least, expected):
+    """deep_cnn's conv4 (16 tiles, 196,608 bytes an example): ConvPool asks for 256 tiles."""
+    assert parallel.chunk_size(m, 196_608, 8 * 2**20, least=least) == expected
+
+
 def test_chunk_size_does_not_depend_on_the_number_of_threads(threads):
     sizes = []
     for n in (1, 2, 5):
