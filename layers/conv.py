@@ -48,6 +48,7 @@ from layers.im2col import (
     planar_images,
     planar_shape,
     resolve_padding,
+    window_rows,
 )
 from layers.parallel import reused, thread_buffers
 
@@ -277,11 +278,7 @@ class Conv2D(Layer):
         f, s, item = self.f, self.stride, inputs.itemsize
         per_example, per_row, per_column, _ = (st // item for st in inputs.strides)
         run = f * per_column  # a window's row: f pixels of n_C_prev values, contiguous
-        # every run of ``run`` values as ONE item (a void dtype; the items overlap): a
-        # window's row is then gathered as one copy, not ``run`` (2.5x faster for 4x4x3)
-        runs = np.ndarray((inputs.size - run + 1,), np.dtype((np.void, run * item)),
-                          inputs, 0, (item,))
-        runs.flags.writeable = False
+        runs = window_rows(inputs, run)  # gathered as one item each: 2.5x faster for 4x4x3
         corner = example * per_example + row * (s * per_row) + column * (s * per_column)
         starts = corner[:, None] + np.arange(f) * per_row  # (L, f): the window's rows
         return runs[starts].view(self.dtype).reshape(len(corner), f * run)  # (L, K)

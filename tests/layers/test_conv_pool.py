@@ -21,7 +21,7 @@ import pytest
 from layers import reference
 from layers.conv import Conv2D
 from layers.gradcheck import numerical_grad, rel_error
-from layers.im2col import pad_images, padded_shape, planar_images, planar_shape
+from layers.im2col import im2col, pad_images, padded_shape, planar_images, planar_shape
 from layers.pool import Pool2D
 
 TOL = 1e-10
@@ -81,6 +81,22 @@ def test_conv_matches_reference(m, n_C_prev, f, stride, pad):
     np.testing.assert_allclose(dA, dA_ref, rtol=0, atol=TOL)
     np.testing.assert_allclose(conv.grads["W"], dW_ref, rtol=0, atol=TOL)
     np.testing.assert_allclose(conv.grads["b"], db_ref, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize(("f", "stride", "n_C"), [(1, 1, 1), (3, 1, 3), (4, 2, 3), (2, 2, 8),
+                                                 (3, 3, 2), (5, 2, 1)])
+def test_im2col_rows_are_the_windows_of_contiguous_and_strided_inputs(f, stride, n_C):
+    """Row (example, h, w) is that window flattened (i, j, channel), whether the input is
+    C-contiguous (window rows copied as single items) or a strided view (value by value)."""
+    rng = np.random.default_rng(f * 10 + stride)
+    A = rng.standard_normal((2, 9, 8, n_C))
+    strided = rng.standard_normal((2, 9, 8, 2 * n_C))[..., ::2]  # every other channel
+    strided[...] = A
+    n_H, n_W = (9 - f) // stride + 1, (8 - f) // stride + 1
+    expected = np.array([A[e, h * stride : h * stride + f, w * stride : w * stride + f].ravel()
+                         for e in range(2) for h in range(n_H) for w in range(n_W)])
+    np.testing.assert_array_equal(im2col(A, f, stride), expected)
+    np.testing.assert_array_equal(im2col(strided, f, stride), expected)
 
 
 @pytest.mark.parametrize(
