@@ -46,6 +46,8 @@ OUTPUT = np.kron(A_T, A_T)  # (4, 16): Y = OUTPUT @ M.reshape(16, -1)
 
 # ``output_adjoint`` leaves out the signs of A^T's last column (0, -1): it gives dM * SIGNS
 SIGNS = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16)
+# ``pixels``: a pixel of at most this many bytes is copied faster as one item
+SHORT_PIXEL = 64
 # where ``output_adjoint`` takes the gradients of the phases Y[0, 0], Y[0, 1], Y[1, 0], Y[1, 1]
 CORNERS = (0, 3, 12, 15)  # positions (0, 0), (0, 3), (3, 0), (3, 3) of the 4x4 tile
 
@@ -120,8 +122,18 @@ def split_columns(X: np.ndarray, top: int, left: int, out: np.ndarray) -> np.nda
         inside = out[:, top:r1, q]  # (m, r1 - top, n_cols, n_C)
         inside[:, :, : j.start] = 0
         inside[:, :, j.stop :] = 0
-        inside[:, :, j] = X[:, : r1 - top, w]
+        pixels(inside)[:, :, j] = pixels(X)[:, : r1 - top, w]
     return out
+
+
+def pixels(A: np.ndarray) -> np.ndarray:
+    """A (..., n_C) whose pixels are short (``SHORT_PIXEL`` bytes at most) viewed as (...)
+    items of one pixel each (a void dtype), else A itself. A copy of every other column
+    then moves whole pixels, not values: for 8 examples of deep_cnn's conv2 (16 channels)
+    ``split_columns`` takes 56 us against 83, ``join_columns`` 45 against 73; with 32 or
+    64 channels NumPy copies runs of values faster than such items (41 against 35 us)."""
+    size = A.shape[-1] * A.itemsize
+    return A.view(np.dtype((np.void, size)))[..., 0] if size <= SHORT_PIXEL else A
 
 
 def join_columns(dD: np.ndarray, top: int, left: int, dX: np.ndarray) -> np.ndarray:
@@ -134,7 +146,7 @@ def join_columns(dD: np.ndarray, top: int, left: int, dX: np.ndarray) -> np.ndar
         dX[...] = 0
     for q in (0, 1):
         j, w = _column_runs(q, left, n_W, n_cols)
-        dX[:, : r1 - top, w] = dD[:, top:r1, q, j]
+        pixels(dX)[:, : r1 - top, w] = pixels(dD)[:, top:r1, q, j]
     return dX
 
 

@@ -79,13 +79,15 @@ def test_one_tile_gives_the_direct_3x3_correlation():
     np.testing.assert_allclose(OUTPUT, np.kron(A_T, A_T))
 
 
+@pytest.mark.parametrize("n_C", [3, 9])  # pixels of 24 and 72 bytes: copied as items, as values
 @pytest.mark.parametrize(("n_H", "n_W", "top", "left"), [(4, 6, 1, 1), (5, 3, 0, 2), (6, 5, 2, 0)])
-def test_split_columns_pads_and_splits_by_parity_and_join_is_its_adjoint(n_H, n_W, top, left):
-    rng = rng_for("split", n_H, n_W, top, left)
-    X = rng.standard_normal((2, n_H, n_W, 3))
+def test_split_columns_pads_and_splits_by_parity_and_join_is_its_adjoint(n_H, n_W, top, left,
+                                                                        n_C):
+    rng = rng_for("split", n_H, n_W, top, left, n_C)
+    X = rng.standard_normal((2, n_H, n_W, n_C))
     n_a, n_b = (n_H + top) // 2, (n_W + left) // 2
-    D = split_columns(X, top, left, np.full(split_shape(2, n_a, n_b, 3), np.nan))
-    padded = np.zeros((2, 2 * n_a + 2 + n_H, 2 * n_b + 2 + n_W, 3))
+    D = split_columns(X, top, left, np.full(split_shape(2, n_a, n_b, n_C), np.nan))
+    padded = np.zeros((2, 2 * n_a + 2 + n_H, 2 * n_b + 2 + n_W, n_C))
     padded[:, top : top + n_H, left : left + n_W] = X
     padded = padded[:, : 2 * n_a + 2, : 2 * n_b + 2]
     np.testing.assert_array_equal(D[:, :, 0], padded[:, :, 0::2])
@@ -93,6 +95,7 @@ def test_split_columns_pads_and_splits_by_parity_and_join_is_its_adjoint(n_H, n_
     dD = rng.standard_normal(D.shape)
     dX = join_columns(dD, top, left, np.full(X.shape, np.nan))
     assert np.isclose(np.sum(D * dD), np.sum(X * dX))
+    assert not np.isnan(dX).any()  # every input value written
 
 
 def test_input_transform_is_b_transposed_d_b_of_every_tile_and_its_adjoint():
