@@ -204,12 +204,13 @@ def _adjoint(dT: np.ndarray, d_even: np.ndarray, d_odd: np.ndarray, axis: int) -
     tail[axis] = slice(1, None)
     last = list(head)
     last[axis] = slice(-1, None)
-    head, tail, last = tuple(head), tuple(tail), tuple(last)
-    np.copyto(d_even[head], dT0)
-    d_even[last] = 0
-    np.add(d_even[tail], dT1, out=d_even[tail])
-    d_even[tail] += dT2
+    first = list(head)
+    first[axis] = slice(None, 1)
+    head, tail, last, first = tuple(head), tuple(tail), tuple(last), tuple(first)
+    np.add(dT1, dT2, out=d_even[tail])  # three passes, not a copy and three
     d_even[tail] -= dT0
+    d_even[first] = 0
+    d_even[head] += dT0
     np.subtract(dT1, dT2, out=d_odd[head])
     d_odd[head] += dT3
     d_odd[last] = 0
