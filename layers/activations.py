@@ -25,6 +25,7 @@ def relu_in_place(A: np.ndarray) -> None:
     zeros = _zeros.get(A.dtype)
     if zeros is None or zeros.size < A.size:
         zeros = _zeros[A.dtype] = np.zeros(A.size, A.dtype)  # pages untouched: no cost
+        zeros.flags.writeable = False
     np.maximum(A, zeros[: A.size].reshape(A.shape), out=A)
 
 

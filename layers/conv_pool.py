@@ -134,7 +134,7 @@ class ConvPool(ConvPoolStep):
         top, _, left, _ = self.conv.padding(*x_shape[1:3])
         example = 16 * n_a * n_b * (x_shape[3] + n_C) * np.dtype(self.conv.dtype).itemsize
         chunk = parallel.chunk_size(x_shape[0], example, CHUNK_BYTES,
-                                    least=math.ceil(MIN_CHUNK_TILES / (n_a * n_b)))
+                                    min_examples=math.ceil(MIN_CHUNK_TILES / (n_a * n_b)))
         return n_a, n_b, top, left, chunk, x_shape[0] * example
 
     def forward(self, X: np.ndarray, training: bool = True) -> np.ndarray:

@@ -155,7 +155,7 @@ def im2col(A_pad: np.ndarray, f: int, stride: int, out: np.ndarray | None = None
     n_H = output_size(n_H_pad, f, stride, 0)
     n_W = output_size(n_W_pad, f, stride, 0)
     cols = np.empty((m * n_H * n_W, f * f * n_C), A_pad.dtype) if out is None else out
-    if A_pad.flags.c_contiguous:  # each window row one item (``window_rows``)
+    if A_pad.flags.c_contiguous and A_pad.size:  # each window row one item (``window_rows``)
         item = A_pad.itemsize
         per_example, per_row, per_pixel, _ = A_pad.strides  # bytes
         windows = np.lib.stride_tricks.as_strided(  # (m, n_H, n_W, f) rows of f pixels

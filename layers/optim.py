@@ -188,7 +188,8 @@ class Adam(Optimizer):
     Thirteen NumPy calls per parameter cost more than their arithmetic for all but the
     largest (deep_cnn's 12 parameters, 2 threads: 1.52 -> 1.24 ms a step with the caches
     cold, as after a backward; 1.0 -> 0.8 ms warm). Every value is computed by the same
-    operations as one parameter at a time (``update``).
+    operations as one parameter at a time (``update``), the gradients cast to the
+    parameters' dtype first (as a network's always are already).
     """
 
     slots = ("m", "v")
@@ -205,7 +206,9 @@ class Adam(Optimizer):
         self.beta1 = self._check("beta1", beta1, low=0.0, high=1.0)
         self.beta2 = self._check("beta2", beta2, low=0.0, high=1.0)
         self.eps = self._check("eps", eps, low=0.0, low_open=True)
-        self._flat: dict[str, np.ndarray] = {}  # "m", "v": what ``state`` views; scratch
+        self._moments: dict[str, np.ndarray] = {}  # "m", "v": flat; ``state`` holds views
+        self._layout: tuple = ()  # (name, shape) of each parameter the flat moments hold
+        self._flat_scratch_arrays: dict[str, np.ndarray] = {}  # "g", "step", "denominator"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -277,30 +280,34 @@ class Adam(Optimizer):
 
     def _flat_state(self, params: dict[str, np.ndarray], places: dict[str, slice]
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The flat moments m and v (n,) of all ``params`` (n values in all), ``state``'s
-        arrays being views of them. Made anew, from the state there is (zeros where there
-        is none), when a parameter or a state array is not yet one of those views: at the
-        first step, after ``load_state_dict``, for other parameters."""
-        n, dtype = sum(p.size for p in params.values()), next(iter(params.values())).dtype
-        flat = [self._flat.get(kind) for kind in self.slots]
-        if all(a is not None and a.size == n and a.dtype == dtype and all(
-                self.state[kind].get(name) is not None and self.state[kind][name].base is a
-                for name in params) for kind, a in zip(self.slots, flat, strict=True)):
-            return flat[0], flat[1]
+        """The flat moments m and v (n,) of all ``params`` (n values in all, at ``places``),
+        ``state``'s arrays being views of them. Made anew, from the state there is (zeros
+        where there is none), unless they hold these parameters, in this order and of
+        these shapes and dtype, and every state array is still their view: at the first
+        step, after ``load_state_dict``, for other parameters."""
+        dtype = next(iter(params.values())).dtype
+        layout = tuple((name, p.shape) for name, p in params.items())
+        if layout == self._layout and all(
+                a.dtype == dtype and all(self.state[kind].get(name) is not None
+                                         and self.state[kind][name].base is a for name in params)
+                for kind, a in self._moments.items()):
+            return self._moments["m"], self._moments["v"]
+        n = sum(p.size for p in params.values())
         for kind in self.slots:
             a = np.zeros(n, dtype)
             for name, p in params.items():
                 a[places[name]] = self.slot(kind, name, p).reshape(-1)  # checks the shape
                 self.state[kind][name] = a[places[name]].reshape(p.shape)  # a view
-            self._flat[kind] = a
-        return self._flat["m"], self._flat["v"]
+            self._moments[kind] = a
+        self._layout = layout
+        return self._moments["m"], self._moments["v"]
 
     def _flat_scratch(self, name: str, like: np.ndarray) -> np.ndarray:
         """Scratch array ``name`` (any contents) like the flat ``like``, kept from step to
         step: not part of the state (nothing to save)."""
-        a = self._flat.get(name)
+        a = self._flat_scratch_arrays.get(name)
         if a is None or a.shape != like.shape or a.dtype != like.dtype:
-            a = self._flat[name] = np.empty_like(like)
+            a = self._flat_scratch_arrays[name] = np.empty_like(like)
         return a
 
 

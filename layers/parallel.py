@@ -159,19 +159,23 @@ def over_batch(work: Callable[[int, int], None], m: int, nbytes: int) -> None:
                 future.result()
 
 
-def chunk_size(m: int, example_bytes: int, budget: int, least: int = 1) -> int:
+def chunk_size(m: int, example_bytes: int, budget: int, min_examples: int = 1) -> int:
     """Examples per chunk for ``over_chunks``: a chunk of ``example_bytes`` per example stays
     near ``budget`` bytes (at least one example), and work big enough for threads (twice
     ``MIN_BYTES_PER_THREAD``) is cut into a multiple of ``MIN_CHUNKS`` chunks, so that 2, 4
     or 8 threads get as many each (13 chunks on 2 threads leave one idle for a chunk in 13).
-    But a chunk holds at least ``least`` examples (or all m): for matrix products that are
-    slow when they are short. It depends on the shapes only, not on the number of threads:
-    nor, then, do results summed chunk by chunk."""
+    Chunks that would hold fewer than ``min_examples`` (for matrix products that are slow
+    when short) are fewer instead, a power of two of them (all m in one if m is smaller).
+    It depends on the shapes only, not on the number of threads: nor, then, do results
+    summed chunk by chunk."""
     chunk = max(1, budget // max(1, example_bytes))
     if m * example_bytes >= 2 * MIN_BYTES_PER_THREAD:
         parts = math.ceil(math.ceil(m / chunk) / MIN_CHUNKS) * MIN_CHUNKS
         chunk = math.ceil(m / parts)
-    return max(chunk, min(least, m))
+    if chunk < min_examples:
+        parts = 2 ** int(math.log2(max(1, m // min_examples)))  # 1, 2, 4...: even shares
+        chunk = math.ceil(m / parts)
+    return chunk
 
 
 def over_chunks(work: Callable[[int, int, int], None], m: int, chunk: int, nbytes: int) -> None:

@@ -46,7 +46,7 @@ OUTPUT = np.kron(A_T, A_T)  # (4, 16): Y = OUTPUT @ M.reshape(16, -1)
 
 # ``output_adjoint`` leaves out the signs of A^T's last column (0, -1): it gives dM * SIGNS
 SIGNS = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16)
-# ``pixels``: a pixel of at most this many bytes is copied faster as one item
+# ``copy_pixels``: a pixel of at most this many bytes is copied faster as one item
 SHORT_PIXEL = 64
 # where ``output_adjoint`` takes the gradients of the phases Y[0, 0], Y[0, 1], Y[1, 0], Y[1, 1]
 CORNERS = (0, 3, 12, 15)  # positions (0, 0), (0, 3), (3, 0), (3, 3) of the 4x4 tile
@@ -60,8 +60,9 @@ def tiles(n_H: int, n_W: int) -> tuple[int, int]:
 
 def filter_transform(W: np.ndarray) -> np.ndarray:
     """U = G g G^T for every filter: W (3, 3, n_C_prev, n_C) -> U (16, n_C_prev, n_C), in
-    W's dtype. (FILTER's coefficients are exact in float32; computing in float64 and
-    rounding took 0.35-0.6 ms a call for deep_cnn's conv4, on one thread, against 0.05.)"""
+    W's dtype. (FILTER's coefficients are exact in float32, but in float32 the sums of up
+    to nine terms round as they go, a few units in the last place; computing in float64
+    and rounding once took 0.35-0.6 ms a call for deep_cnn's conv4 against 0.05.)"""
     U = FILTER.astype(W.dtype) @ W.reshape(9, -1)  # (16, n_C_prev * n_C)
     return U.reshape(16, *W.shape[2:])
 
@@ -122,18 +123,23 @@ def split_columns(X: np.ndarray, top: int, left: int, out: np.ndarray) -> np.nda
         inside = out[:, top:r1, q]  # (m, r1 - top, n_cols, n_C)
         inside[:, :, : j.start] = 0
         inside[:, :, j.stop :] = 0
-        pixels(inside)[:, :, j] = pixels(X)[:, : r1 - top, w]
+        copy_pixels(inside[:, :, j], X[:, : r1 - top, w])
     return out
 
 
-def pixels(A: np.ndarray) -> np.ndarray:
-    """A (..., n_C) whose pixels are short (``SHORT_PIXEL`` bytes at most) viewed as (...)
-    items of one pixel each (a void dtype), else A itself. A copy of every other column
-    then moves whole pixels, not values: for 8 examples of deep_cnn's conv2 (16 channels)
-    ``split_columns`` takes 56 us against 83, ``join_columns`` 45 against 73; with 32 or
-    64 channels NumPy copies runs of values faster than such items (41 against 35 us)."""
-    size = A.shape[-1] * A.itemsize
-    return A.view(np.dtype((np.void, size)))[..., 0] if size <= SHORT_PIXEL else A
+def copy_pixels(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` for two arrays (..., n_C) of one shape. Short pixels (at most
+    ``SHORT_PIXEL`` bytes, contiguous, one dtype) are copied as items of one pixel each (a
+    void dtype), whole pixels rather than values: for 8 examples of deep_cnn's conv2 (16
+    channels) ``split_columns`` takes 56 us against 83, ``join_columns`` 45 against 73.
+    With 32 or 64 channels NumPy's copy of values is the faster (35 us against 41 as
+    items, for conv3's split)."""
+    size = src.shape[-1] * src.itemsize
+    if (size <= SHORT_PIXEL and src.dtype == dst.dtype and src.strides[-1] == src.itemsize
+            and dst.strides[-1] == dst.itemsize):
+        pixel = np.dtype((np.void, size))
+        dst, src = dst.view(pixel)[..., 0], src.view(pixel)[..., 0]
+    dst[...] = src
 
 
 def join_columns(dD: np.ndarray, top: int, left: int, dX: np.ndarray) -> np.ndarray:
@@ -146,7 +152,7 @@ def join_columns(dD: np.ndarray, top: int, left: int, dX: np.ndarray) -> np.ndar
         dX[...] = 0
     for q in (0, 1):
         j, w = _column_runs(q, left, n_W, n_cols)
-        pixels(dX)[:, : r1 - top, w] = pixels(dD)[:, top:r1, q, j]
+        copy_pixels(dX[:, : r1 - top, w], dD[:, top:r1, q, j])
     return dX
 
 

@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 import pytest
 
-from layers import parallel, reference
+from layers import conv_pool, parallel, reference
 from layers.activations import Flatten, ReLU
 from layers.conv import Conv2D
 from layers.conv_pool import ConvPool
@@ -41,6 +41,7 @@ from layers.winograd import (
     OUTPUT,
     SIGNS,
     G,
+    copy_pixels,
     filter_adjoint,
     filter_transform,
     input_adjoint,
@@ -96,6 +97,20 @@ def test_split_columns_pads_and_splits_by_parity_and_join_is_its_adjoint(n_H, n_
     dX = join_columns(dD, top, left, np.full(X.shape, np.nan))
     assert np.isclose(np.sum(D * dD), np.sum(X * dX))
     assert not np.isnan(dX).any()  # every input value written
+
+
+def test_copy_pixels_is_an_assignment_for_any_layout_and_dtype():
+    """Short pixels as items, long ones, a strided channel axis, another dtype: each the
+    same as ``dst[...] = src``."""
+    rng = rng_for("copy_pixels")
+    wide = rng.standard_normal((3, 5, 8))
+    for src, dtype in [(wide[..., :4], np.float64), (wide, np.float64),
+                       (wide[..., ::2], np.float64), (wide[..., :4], np.float32)]:
+        dst = np.full(src.shape, np.nan, dtype)
+        copy_pixels(dst[:, ::2], src[:, ::2])
+        expected = np.full(src.shape, np.nan, dtype)
+        expected[:, ::2] = src[:, ::2]
+        np.testing.assert_array_equal(dst, expected)
 
 
 def test_input_transform_is_b_transposed_d_b_of_every_tile_and_its_adjoint():
@@ -393,9 +408,11 @@ def test_a_network_runs_each_conv_and_its_pool_as_one_step_where_it_fits():
     assert type(net.steps[0]) is FirstConvPool and net.steps[0].name == "conv1+pool1"
 
 
+@pytest.mark.parametrize("min_tiles", [1, 256])  # ConvPool in several chunks, in one
 @pytest.mark.parametrize("n_threads", [1, 3])
-def test_a_network_gives_what_its_layers_give_one_by_one(monkeypatch, n_threads):
+def test_a_network_gives_what_its_layers_give_one_by_one(monkeypatch, n_threads, min_tiles):
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)  # threads for any size
+    monkeypatch.setattr(conv_pool, "MIN_CHUNK_TILES", min_tiles)
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layers import parallel
 from layers.optim import SGD, Adam, Momentum, Optimizer, make_optimizer
 
 SHAPES = {
@@ -215,10 +216,20 @@ def adam_one_at_a_time(opt: Adam, params, grads_seq) -> None:
         Optimizer.step(opt, params, grads)
 
 
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Adam's flat update split between two threads, whatever the machine."""
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    before = parallel.num_threads()
+    parallel.set_num_threads(2)
+    yield
+    parallel.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_all_at_once_equals_one_parameter_at_a_time(dtype) -> None:
-    """Bit for bit, weight decay included, with one parameter big enough for the threads."""
-    shapes = {**SHAPES, "dense2.W": (600, 500)}  # 1.2 MB in float32: split between threads
+def test_adam_all_at_once_equals_one_parameter_at_a_time(dtype, two_threads) -> None:
+    """Bit for bit, weight decay included, the flat arrays split between threads."""
+    shapes = {**SHAPES, "dense2.W": (60, 50)}
     rng = np.random.default_rng(0)
     start = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
     grads = [{k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
@@ -253,6 +264,19 @@ def test_adam_state_is_kept_across_loads_and_new_parameters() -> None:
     np.testing.assert_allclose(b.state["m"]["extra.b"], 0.1)  # (1 - 0.9) * 1 from zero
     np.testing.assert_allclose(b.state["m"]["dense1.W"], 0.9 * m_before["dense1.W"]
                                + 0.1 * grads[0]["dense1.W"])
+
+
+def test_adam_keeps_each_parameters_moments_when_the_order_changes() -> None:
+    """The same parameters in another order (or reshaped) get their own moments back."""
+    grads = grad_sequence(steps=3)
+    together, alone = Adam(lr=0.05), Adam(lr=0.05)
+    params_together, params_alone = make_params(), make_params()
+    for k, g in enumerate(grads):
+        order = list(SHAPES)[:: 1 if k % 2 == 0 else -1]  # reversed every other step
+        together.step({n: params_together[n] for n in order}, {n: g[n] for n in order})
+        adam_one_at_a_time(alone, params_alone, [g])
+    for n in SHAPES:
+        np.testing.assert_array_equal(params_together[n], params_alone[n], err_msg=n)
 
 
 def test_adam_with_mixed_dtypes_updates_each_in_its_own() -> None:

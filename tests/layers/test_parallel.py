@@ -120,17 +120,19 @@ def test_chunk_size(m, example_bytes, budget, expected):
 
 
 @pytest.mark.parametrize(
-    ("m", "least", "expected"),
+    ("m", "min_examples", "expected"),
     [
         (64, 1, 8),  # 8 chunks of 8 for the threads
         (64, 16, 16),  # fewer, longer chunks: 4 of 16
         (64, 8, 8),  # already long enough
-        (24, 32, 24),  # never more than the batch: one chunk
+        (40, 16, 20),  # 2 chunks of 20, not 16, 16 and 8: threads get as much each
+        (24, 16, 24),  # one chunk
+        (24, 32, 24),  # never more than the batch
     ],
 )
-def test_chunk_size_holds_at_least_least_examples(m, least, expected):
+def test_chunk_size_keeps_chunks_of_at_least_min_examples(m, min_examples, expected):
     """deep_cnn's conv4 (16 tiles, 196,608 bytes an example): ConvPool asks for 256 tiles."""
-    assert parallel.chunk_size(m, 196_608, 8 * 2**20, least=least) == expected
+    assert parallel.chunk_size(m, 196_608, 8 * 2**20, min_examples=min_examples) == expected
 
 
 def test_chunk_size_does_not_depend_on_the_number_of_threads(threads):
