@@ -226,6 +226,20 @@ def test_layers_give_the_same_numbers_with_threads(threads, make, n_C):
         np.testing.assert_array_equal(single, threaded)
 
 
+def test_dense_gives_the_same_numbers_with_threads(threads):
+    """Its backward's products, in blocks of the inputs, shared by 1 or 3 threads."""
+    X = np.random.default_rng(0).standard_normal((32, 300)).astype(np.float32)  # BLAS sums
+    # a product of this size otherwise than its slices: the blocks must not follow threads
+    results = []
+    for n in (1, 3):
+        threads(n)
+        layer = Dense(24)
+        layer.build(X.shape[1:], np.random.default_rng(0), X.dtype)
+        results.append(run_layer(layer, X))
+    for single, threaded in zip(*results, strict=True):
+        np.testing.assert_array_equal(single, threaded)
+
+
 class BlasThreadProbe(Layer):
     """Records how many threads NumPy's BLAS may use while the layer runs."""
 
