@@ -22,9 +22,11 @@ class Dense(Layer):
     returns ``dX = dout W^T``.
 
     Backward's two products run in ``layers.parallel``'s threads, in ``INPUT_BLOCKS``
-    blocks of the n inputs (rows of W; BLAS holds to one thread while a Network computes):
-    deep_cnn's 2048 -> 128 layer, batch 64, 2 threads, 0.80 -> 0.53 ms (0.52 in 2 blocks,
-    0.56 in 8). The blocks depend on n alone, so the results do not depend on the number of
+    blocks of the n inputs (rows of W; BLAS holds to one thread while a Network computes)
+    when X and W hold ``MIN_BYTES_PER_THREAD`` or more: deep_cnn's 2048 -> 128 layer, batch
+    64, 2 threads, 0.80 -> 0.53 ms (0.52 in 2 blocks, 0.56 in 8). Smaller layers stay one
+    product each, and keep their rounding (a block's product sums in another order). The
+    blocks depend on the shapes alone, so the results do not depend on the number of
     threads. (Forward split so gained 0.02 of 0.39 ms: it stays one product.)
     """
 
@@ -93,7 +95,8 @@ class Dense(Layer):
 
         # X, W and their gradients, counted twice: a product does m or units operations per
         # value it touches, far more than the copies over_batch's threshold is set for
-        n = X.shape[1]
-        parallel.over_chunks(block, n, math.ceil(n / INPUT_BLOCKS), 4 * (X.nbytes + W.nbytes))
+        n, operands = X.shape[1], X.nbytes + W.nbytes
+        blocks = INPUT_BLOCKS if operands >= parallel.MIN_BYTES_PER_THREAD else 1
+        parallel.over_chunks(block, n, math.ceil(n / blocks), 4 * operands)
         np.sum(dout, axis=0, out=self.grads["b"])
         return dX
