@@ -208,7 +208,6 @@ class Adam(Optimizer):
         self.eps = self._check("eps", eps, low=0.0, low_open=True)
         self._moments: dict[str, np.ndarray] = {}  # "m", "v": flat; ``state`` holds views
         self._layout: tuple = ()  # (name, shape) of each parameter the flat moments hold
-        self._flat_scratch_arrays: dict[str, np.ndarray] = {}  # "g", "step", "denominator"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -228,14 +227,14 @@ class Adam(Optimizer):
         self.t += 1
         places = self._places(params)  # name -> slice of the flat arrays
         m, v = self._flat_state(params, places)
-        g = self._flat_scratch("g", m)
+        g = self.scratch(m)  # the gradients, gathered
         for name, p in params.items():
             g_p = g[places[name]].reshape(p.shape)  # a view
             if self.weight_decay and is_weight(name):  # g + weight_decay * p, as in step
                 np.add(grads[name], np.multiply(p, self.weight_decay, out=g_p), out=g_p)
             else:
                 g_p[...] = grads[name]
-        step, denominator = self._flat_scratch("step", m), self._flat_scratch("denominator", m)
+        step, denominator = self.scratch(m, 1), self.scratch(m, 2)
 
         def update_slice(start: int, stop: int) -> None:
             part = slice(start, stop)
@@ -301,14 +300,6 @@ class Adam(Optimizer):
             self._moments[kind] = a
         self._layout = layout
         return self._moments["m"], self._moments["v"]
-
-    def _flat_scratch(self, name: str, like: np.ndarray) -> np.ndarray:
-        """Scratch array ``name`` (any contents) like the flat ``like``, kept from step to
-        step: not part of the state (nothing to save)."""
-        a = self._flat_scratch_arrays.get(name)
-        if a is None or a.shape != like.shape or a.dtype != like.dtype:
-            a = self._flat_scratch_arrays[name] = np.empty_like(like)
-        return a
 
 
 # The optimizers by name: ``optimizer=<name>`` in the pipeline, whose config schema is made
