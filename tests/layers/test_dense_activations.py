@@ -97,6 +97,19 @@ def test_relu_forward() -> None:
     np.testing.assert_array_equal(layer.forward(X), [[0.0, 0.0, 2.5]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_is_max_with_zero_at_infinities_and_nan(dtype) -> None:
+    """-inf gives 0 (not NaN, as ``X * (X > 0)`` would), inf stays inf, NaN stays NaN; the
+    gradient passes where X > 0 only. The input is left as it was."""
+    layer = built(ReLU(), (6,), dtype=dtype)
+    X = np.array([[-np.inf, -2.0, 0.0, 3.0, np.inf, np.nan]], dtype)
+    Y = layer.forward(X)
+    assert Y.dtype == dtype and Y is not X
+    np.testing.assert_array_equal(Y, [[0.0, 0.0, 0.0, 3.0, np.inf, np.nan]])
+    np.testing.assert_array_equal(X, [[-np.inf, -2.0, 0.0, 3.0, np.inf, np.nan]])
+    np.testing.assert_array_equal(layer.backward(np.full_like(X, 2.0)), [[0, 0, 0, 2, 2, 0]])
+
+
 def test_dropout_scaling_and_eval_identity() -> None:
     rate = 0.25
     layer = built(Dropout(rate), (50, 40), dtype=np.float32)
