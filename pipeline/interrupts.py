@@ -1,7 +1,9 @@
 """How the pipeline's process meets Ctrl-C and SIGTERM, so that a run always ends KILLED
 and says so in one line, whatever it was doing when the signal came.
 
-* ``interrupt_on_sigterm``: SIGTERM raises KeyboardInterrupt, as Ctrl-C does.
+* ``interrupt_on_sigterm``: SIGTERM raises KeyboardInterrupt, as Ctrl-C does; and either
+  signal's KeyboardInterrupt, raised where Python ignores exceptions (a finalizer), is
+  raised again (``interrupts_not_lost``).
 * ``signals_held``: both kept out of a block that must not be cut in the middle (a request
   to a SQLite store, an import), then delivered when it ends.
 * ``imported``: a module imported whole, the signals held while it loads. The pipeline's
@@ -15,6 +17,7 @@ and says so in one line, whatever it was doing when the signal came.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import importlib
 import os
@@ -31,18 +34,57 @@ STOPPED_BEFORE_THE_RUN = "stopped before the run began; nothing was saved"
 STOPPED = "stopped"
 # How each signal is named to the user; the exit code that says it is 128 + its number
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+# Seconds after an interrupt lost in a finalizer that its signal comes again
+AGAIN_AFTER = 0.01
 
 
 def interrupt_on_sigterm() -> Any:
     """Turn SIGTERM into KeyboardInterrupt, so the run ends KILLED; the old handler (None
-    outside the main thread, where handlers cannot be set)."""
+    outside the main thread, where handlers cannot be set). Interrupts are not lost in
+    finalizers from then on (``interrupts_not_lost``)."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         return None
+    interrupts_not_lost()
+    return old
+
+
+def interrupts_not_lost() -> None:
+    """Send a signal again when its KeyboardInterrupt was raised where Python ignores
+    exceptions, so that it is raised in the code that runs next.
+
+    A signal's handler runs between any two bytecodes of the main thread, those of a
+    finalizer too (a ``__del__``, a weakref callback: run when an object is freed, or by
+    the garbage collector at any allocation). There Python prints "Exception ignored in"
+    with the KeyboardInterrupt's traceback and goes on: the run trains to its end and exits
+    0, as if the SIGTERM had never come (the likely cause of a test that failed so once in
+    CI: ``tests/e2e/test_cli_errors.py``, the interrupt that says what was saved). Installed
+    once, as
+    ``sys.unraisablehook`` in front of the one before; other unraisable exceptions go to
+    that one.
+
+    The signal comes again from a thread, a moment later (``_thread.interrupt_main``):
+    raised from the hook itself (``signal.raise_signal`` runs the handler at once) it would
+    be lost with the hook's own error. Should it land in a finalizer again, so it goes again.
+    """
+    if getattr(sys.unraisablehook, "raises_interrupts_again", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        _, code = signal_of(unraisable.exc_value)
+        with contextlib.suppress(RuntimeError):  # no new threads while Python exits
+            threading.Timer(AGAIN_AFTER, _thread.interrupt_main, (code - 128,)).start()
+
+    hook.raises_interrupts_again = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

@@ -200,6 +200,62 @@ def test_a_signal_while_starting_ends_the_process_at_once_in_one_line(signum, co
     assert proc.stderr == f"{name}: {STOPPED_BEFORE_THE_RUN}\n"
 
 
+LOST_IN_A_FINALIZER = """
+    import os, signal, time
+    from pipeline.interrupts import interrupt_on_sigterm
+    interrupt_on_sigterm()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's job has it
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), {signum})
+            for _ in range(10000):  # the handler runs here: Python ignores what it raises
+                pass
+
+    try:
+        Finalized()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+        print("went on")
+    except KeyboardInterrupt as e:
+        print("stopped:", repr(e))
+"""
+
+
+@pytest.mark.parametrize("signum, said", [
+    (signal.SIGINT, "KeyboardInterrupt()"), (signal.SIGTERM, "KeyboardInterrupt('signal 15')"),
+], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_raised_inside_a_finalizer_is_raised_again_after_it(signum, said):
+    """A signal whose handler runs inside a ``__del__`` (or a weakref callback, or the
+    garbage collector's) raises its KeyboardInterrupt where Python ignores it: it comes
+    again right after, in the code that runs then, and nothing is printed of the lost one.
+    Without ``interrupts_not_lost`` the script prints "went on", a run trains to its end."""
+    script = textwrap.dedent(LOST_IN_A_FINALIZER.format(signum=int(signum)))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.stdout, proc.stderr) == (f"stopped: {said}\n", "")
+
+
+def test_other_errors_in_finalizers_are_still_printed_as_python_prints_them():
+    script = textwrap.dedent("""
+        from pipeline.interrupts import interrupt_on_sigterm
+        interrupt_on_sigterm()
+
+        class Finalized:
+            def __del__(self):
+                raise ValueError("in a finalizer")
+
+        Finalized()
+        print("went on")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stdout == "went on\n"
+    assert proc.stderr.startswith("Exception ignored in: <function ")
+    assert proc.stderr.rstrip().endswith("ValueError: in a finalizer")
+
+
 def test_after_exit_while_starting_the_handlers_from_before_are_back():
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with exit_while_starting():
