@@ -62,10 +62,9 @@ def interrupts_not_lost() -> None:
     the garbage collector at any allocation). There Python prints "Exception ignored in"
     with the KeyboardInterrupt's traceback and goes on: the run trains to its end and exits
     0, as if the SIGTERM had never come (the likely cause of a test that failed so once in
-    CI: ``tests/e2e/test_cli_errors.py``, the interrupt that says what was saved). Installed
-    once, as
-    ``sys.unraisablehook`` in front of the one before; other unraisable exceptions go to
-    that one.
+    CI: ``tests/e2e/test_cli_errors.py``, the interrupt that says what was saved).
+    Installed once, as ``sys.unraisablehook`` in front of the one before; other unraisable
+    exceptions go to that one.
 
     The signal comes again from a thread, a moment later (``_thread.interrupt_main``):
     raised from the hook itself (``signal.raise_signal`` runs the handler at once) it would
